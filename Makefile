@@ -1,0 +1,51 @@
+# layerfs — build, test and try it out. Everything runs as root on Linux
+# with /dev/fuse (tests also mount the kernel's overlayfs as the oracle).
+
+CARGO   ?= cargo
+PREFIX  ?= /usr/local
+DEMO    ?= layers-fixtures/demo
+BIN      = target/release/layerfs
+
+.PHONY: all build test demo install uninstall lint fmt clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+# Unit tests, then the mount tests against the kernel's overlayfs.
+test:
+	$(CARGO) test --all-targets -- --test-threads=4
+
+# Mount the bundled demo image read-only, show it, unmount.
+demo: build
+	@set -e; \
+	mnt=$$(mktemp -d /tmp/layerfs-demo.XXXXXX); \
+	lower=$$(ls -d $(DEMO)/*/ | sort -r | sed 's:/$$::' | paste -sd: -); \
+	trap '$(BIN) umount "$$mnt" 2>/dev/null || true; rmdir "$$mnt"' EXIT; \
+	echo "+ layerfs mount -o lowerdir=$$lower $$mnt"; \
+	$(BIN) mount -o lowerdir=$$lower "$$mnt"; \
+	echo "+ ls -la $$mnt"; ls -la "$$mnt"; \
+	echo "+ find $$mnt | sort"; (cd "$$mnt" && find . | sort); \
+	echo "+ cat etc/os-release"; cat "$$mnt/etc/os-release"; \
+	echo "+ df -h $$mnt"; df -h "$$mnt"; \
+	echo "+ layerfs umount $$mnt"
+
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/layerfs
+	# mount(8) runs /sbin/mount.fuse.layerfs for `-t fuse.layerfs` and fstab.
+	install -d $(DESTDIR)/sbin
+	ln -sf $(PREFIX)/bin/layerfs $(DESTDIR)/sbin/mount.fuse.layerfs
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/layerfs $(DESTDIR)/sbin/mount.fuse.layerfs
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,293 @@
+//! The command line: clap definitions and one small function per
+//! subcommand. Also the `mount.fuse.layerfs` helper form used by mount(8)
+//! and /etc/fstab.
+
+mod daemon;
+pub mod options;
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::fs::LayerFs;
+use crate::fs::mount::{self, MountConfig};
+use crate::union::LayerStack;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "layerfs",
+    version,
+    about = "A union filesystem for container image layers"
+)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mount a stack of layers as one tree.
+    Mount(MountArgs),
+    /// Unmount a layerfs mount.
+    Umount(UmountArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MountArgs {
+    /// Overlay-style options: lowerdir=TOP:...:BOTTOM[,upperdir=U,workdir=W][,ro]...
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+    /// A lower layer; repeat it, top layer first.
+    #[arg(long = "lower", value_name = "DIR")]
+    lowers: Vec<PathBuf>,
+    /// The writable upper layer.
+    #[arg(long, value_name = "DIR")]
+    upper: Option<PathBuf>,
+    /// The work directory (same filesystem as the upper).
+    #[arg(long, value_name = "DIR")]
+    work: Option<PathBuf>,
+    /// Stay attached to the terminal instead of running as a daemon.
+    #[arg(short, long)]
+    foreground: bool,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
+    /// Where the detached daemon writes its log (default: nowhere).
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Where to mount.
+    mountpoint: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct UmountArgs {
+    /// Detach now even if busy; the kernel finishes when it is unused.
+    #[arg(short, long)]
+    lazy: bool,
+    mountpoint: PathBuf,
+}
+
+/// Entry point of the binary; returns the exit status.
+pub fn main() -> i32 {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let program = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if program.starts_with("mount.") {
+        return match helper_args(&args[1..]) {
+            Ok(mount_args) => {
+                init_logging(0, false);
+                run_mount(mount_args)
+            }
+            Err(msg) => {
+                eprintln!("{program}: {msg}");
+                1
+            }
+        };
+    }
+    let cli = Cli::parse();
+    // A detached daemon's stderr ends up in a log file: no colour codes.
+    let attached = !matches!(&cli.command, Command::Mount(m) if !m.foreground);
+    init_logging(cli.verbose, attached && std::io::stderr().is_terminal());
+    match cli.command {
+        Command::Mount(args) => run_mount(args),
+        Command::Umount(args) => run_umount(args),
+    }
+}
+
+fn init_logging(verbose: u8, ansi: bool) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .try_init();
+}
+
+/// `mount.fuse.layerfs SOURCE MNT [-o OPTS] [-n] [-s] [-f] [-v]`, as
+/// mount(8) calls a helper. The source is free text and ignored.
+fn helper_args(args: &[OsString]) -> Result<MountArgs, String> {
+    let mut positional = Vec::new();
+    let mut options = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.to_str() {
+            Some("-o") => {
+                let value = iter.next().ok_or("option -o needs a value")?;
+                options.push(value.to_string_lossy().into_owned());
+            }
+            // -n (no mtab), -s (sloppy), -v (verbose) change nothing here.
+            Some("-n" | "-s" | "-v" | "-f") => {}
+            _ => positional.push(PathBuf::from(arg)),
+        }
+    }
+    let [_source, mountpoint] = <[PathBuf; 2]>::try_from(positional)
+        .map_err(|_| "usage: mount.fuse.layerfs SOURCE MOUNTPOINT -o lowerdir=...".to_string())?;
+    Ok(MountArgs {
+        options,
+        lowers: Vec::new(),
+        upper: None,
+        work: None,
+        foreground: false,
+        threads: 4,
+        log_file: None,
+        mountpoint,
+    })
+}
+
+fn run_mount(args: MountArgs) -> i32 {
+    let spec = if args.lowers.is_empty() && args.upper.is_none() && args.work.is_none() {
+        options::parse_mount_options(&args.options)
+    } else {
+        options::spec_from_lowers(
+            args.lowers.clone(),
+            args.upper.clone(),
+            args.work.clone(),
+            &args.options,
+        )
+    };
+    let validated = match spec.and_then(|s| options::validate(&s, &args.mountpoint)) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("layerfs: {e}");
+            return 1;
+        }
+    };
+    if let Some(upper) = &validated.upper {
+        eprintln!(
+            "layerfs: upperdir={}: writable mounts are not supported by this version yet",
+            upper.display()
+        );
+        return 1;
+    }
+    let stack = match LayerStack::open(&validated.lowers) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("layerfs: {e}");
+            return 1;
+        }
+    };
+    let root_mode = stack
+        .layer(0)
+        .stat(&crate::layers::RelPath::root())
+        .map(|st| st.mode)
+        .unwrap_or(0o755);
+    let fs = match LayerFs::new(stack) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("layerfs: {e}");
+            return 1;
+        }
+    };
+    let mut readiness = if args.foreground {
+        daemon::Readiness::none()
+    } else {
+        match daemon::detach(&validated.mountpoint) {
+            daemon::Role::Parent(status) => return status,
+            daemon::Role::Daemon(r) => r,
+        }
+    };
+    if let Err(e) = mount::block_stop_signals() {
+        readiness.failed(&format!("cannot block signals: {e}"));
+        return 1;
+    }
+    let cfg = MountConfig {
+        mountpoint: validated.mountpoint.clone(),
+        source: "layerfs".to_string(),
+        allow_other: validated.allow_other,
+        threads: usize::from(args.threads),
+    };
+    let mounted = match mount::mount(fs, &cfg, root_mode) {
+        Ok(m) => m,
+        Err(e) => {
+            let msg = format!("mount {}: {e}", cfg.mountpoint.display());
+            if args.foreground {
+                eprintln!("layerfs: {msg}");
+            }
+            readiness.failed(&msg);
+            return 1;
+        }
+    };
+    if !args.foreground
+        && let Err(e) = daemon::redirect_stdio(args.log_file.as_deref())
+    {
+        readiness.failed(&format!("log file: {e}"));
+        return 1;
+    }
+    readiness.ready();
+    match mounted.serve() {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "session ended with an error");
+            1
+        }
+    }
+}
+
+fn run_umount(args: UmountArgs) -> i32 {
+    let mnt = match std::fs::canonicalize(&args.mountpoint) {
+        Ok(p) => p,
+        // A dead FUSE mount answers ENOTCONN; its path is still right.
+        Err(_) => args.mountpoint.clone(),
+    };
+    if !is_layerfs_mount(&mnt) {
+        eprintln!(
+            "layerfs: umount {}: not a layerfs mount",
+            args.mountpoint.display()
+        );
+        return 1;
+    }
+    let flags = if args.lazy {
+        nix::mount::MntFlags::MNT_DETACH
+    } else {
+        nix::mount::MntFlags::empty()
+    };
+    match nix::mount::umount2(&mnt, flags) {
+        Ok(()) => 0,
+        Err(nix::errno::Errno::EPERM) => {
+            // Not root: the setuid helper may unmount what this user mounted.
+            let mut cmd = std::process::Command::new("fusermount3");
+            cmd.arg("-u");
+            if args.lazy {
+                cmd.arg("-z");
+            }
+            match cmd.arg(&mnt).status() {
+                Ok(s) if s.success() => 0,
+                Ok(_) => 1,
+                Err(e) => {
+                    eprintln!("layerfs: umount {}: fusermount3: {e}", mnt.display());
+                    1
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("layerfs: umount {}: {}", mnt.display(), e.desc());
+            1
+        }
+    }
+}
+
+/// Whether `path` is the mount point of a live layerfs mount.
+pub fn is_layerfs_mount(path: &Path) -> bool {
+    options::mount_points()
+        .map(|mounts| {
+            mounts
+                .iter()
+                .any(|(mnt, fstype)| mnt == path && fstype == "fuse.layerfs")
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,143 @@
+//! Mounting a `LayerFs` and serving it until it is unmounted or the
+//! daemon is told to stop (SIGTERM, SIGINT, SIGHUP).
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use fuser::{Config, MountOption, Session, SessionACL};
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::signal::{SigSet, Signal};
+use tracing::{info, warn};
+
+use super::LayerFs;
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    pub mountpoint: PathBuf,
+    /// Shown as the source in /proc/mounts.
+    pub source: String,
+    pub allow_other: bool,
+    pub threads: usize,
+}
+
+/// A live mount whose requests are not served yet.
+pub struct Mounted {
+    session: Session<LayerFs>,
+    mountpoint: PathBuf,
+}
+
+/// Stop signals are blocked in every thread and taken by one watcher, so
+/// a signal can never land in a FUSE worker halfway through a reply.
+/// Call before any thread is spawned.
+pub fn block_stop_signals() -> io::Result<()> {
+    stop_signals().thread_block().map_err(io::Error::from)
+}
+
+fn stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    set
+}
+
+/// Mount: returns once the kernel has completed the FUSE handshake.
+pub fn mount(fs: LayerFs, cfg: &MountConfig, root_mode: u32) -> io::Result<Mounted> {
+    let acl = if cfg.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    let mut config = Config::default();
+    config.acl = acl;
+    config.n_threads = Some(cfg.threads.max(1));
+    config.clone_fd = true;
+    let session = if nix::unistd::geteuid().is_root() {
+        let fd = mount_fuse(cfg, root_mode)?;
+        Session::from_fd(fs, fd, acl, config)?
+    } else {
+        // Unprivileged: fuser goes through the setuid fusermount3.
+        config.mount_options = vec![
+            MountOption::FSName(cfg.source.clone()),
+            MountOption::Subtype("layerfs".to_string()),
+            MountOption::RO,
+            MountOption::DefaultPermissions,
+        ];
+        Session::new(fs, &cfg.mountpoint, &config)?
+    };
+    Ok(Mounted {
+        session,
+        mountpoint: cfg.mountpoint.clone(),
+    })
+}
+
+/// mount(2) a FUSE filesystem of type `fuse.layerfs` and return its
+/// /dev/fuse connection. Done here rather than by fuser, which always
+/// mounts type `fuse`: /proc/mounts should say what is mounted.
+fn mount_fuse(cfg: &MountConfig, root_mode: u32) -> io::Result<OwnedFd> {
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| io::Error::new(e.kind(), format!("/dev/fuse: {e}")))?;
+    let fd = OwnedFd::from(dev);
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={},default_permissions",
+        fd.as_raw_fd(),
+        libc::S_IFDIR | (root_mode & 0o7777),
+        nix::unistd::getuid(),
+        nix::unistd::getgid(),
+    );
+    if cfg.allow_other {
+        data.push_str(",allow_other");
+    }
+    // Read-only; and a container image needs its setuid binaries and
+    // device nodes, so neither nosuid nor nodev.
+    let flags = MsFlags::MS_RDONLY;
+    nix::mount::mount(
+        Some(cfg.source.as_str()),
+        &cfg.mountpoint,
+        Some("fuse.layerfs"),
+        flags,
+        Some(data.as_str()),
+    )
+    .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    Ok(fd)
+}
+
+impl Mounted {
+    /// Serve requests until the filesystem is unmounted, by anyone, or a
+    /// stop signal unmounts it.
+    pub fn serve(mut self) -> io::Result<()> {
+        let mut unmounter = self.session.unmount_callable();
+        let mountpoint = self.mountpoint.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let Ok(sig) = stop_signals().wait() else {
+                    return;
+                };
+                info!(signal = ?sig, "unmounting");
+                let result = match nix::mount::umount2(&mountpoint, MntFlags::empty()) {
+                    // Mounted by fusermount3: let fuser undo it the same way.
+                    Err(nix::errno::Errno::EPERM) => unmounter.unmount(),
+                    other => other.map_err(io::Error::from),
+                };
+                if let Err(e) = result {
+                    // Busy: detach now, the kernel finishes once the last
+                    // user is gone and the session then ends by itself.
+                    warn!(error = %e, "unmount failed; detaching lazily");
+                    lazy_unmount(&mountpoint);
+                }
+            })?;
+        self.session.run()
+    }
+}
+
+fn lazy_unmount(mountpoint: &Path) {
+    if let Err(e) = nix::mount::umount2(mountpoint, MntFlags::MNT_DETACH) {
+        warn!(error = %e, mountpoint = %mountpoint.display(), "lazy unmount failed");
+    }
+}

@@ -1,0 +1,265 @@
+//! One layer on disk: safe path resolution inside it, and how its entries
+//! are read — every whiteout dialect and opaque marker lives here and
+//! nowhere else. No FUSE types.
+
+mod sys;
+pub mod whiteout;
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+pub use sys::Stat;
+pub use whiteout::{DirMarks, FileKind, RawKind};
+
+/// A path inside a layer, relative to its root, without a leading slash.
+/// The layer root itself is `"."`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RelPath(CString);
+
+impl RelPath {
+    pub fn root() -> RelPath {
+        RelPath(CString::from(c"."))
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.as_bytes() == b"."
+    }
+
+    /// The path of `name` inside this directory. `name` is one component
+    /// as the kernel gave it: never empty, no `/`, no NUL.
+    pub fn join(&self, name: &OsStr) -> io::Result<RelPath> {
+        let name = name.as_bytes();
+        if name.is_empty() || name.contains(&b'/') || name == b"." || name == b".." {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut bytes = Vec::with_capacity(self.0.as_bytes().len() + 1 + name.len());
+        if !self.is_root() {
+            bytes.extend_from_slice(self.0.as_bytes());
+            bytes.push(b'/');
+        }
+        bytes.extend_from_slice(name);
+        CString::new(bytes)
+            .map(RelPath)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    /// Split into the parent directory and the last component.
+    pub fn split(&self) -> (RelPath, &OsStr) {
+        let bytes = self.0.as_bytes();
+        match bytes.iter().rposition(|&b| b == b'/') {
+            Some(i) => {
+                // Cannot contain NUL: it is a prefix of a CString.
+                let parent = CString::new(&bytes[..i]).unwrap_or_else(|_| CString::from(c"."));
+                (RelPath(parent), OsStr::from_bytes(&bytes[i + 1..]))
+            }
+            None if self.is_root() => (RelPath::root(), OsStr::from_bytes(b".")),
+            None => (RelPath::root(), OsStr::from_bytes(bytes)),
+        }
+    }
+
+    pub fn as_c_str(&self) -> &CStr {
+        &self.0
+    }
+
+    pub fn as_os_str(&self) -> &OsStr {
+        OsStr::from_bytes(self.0.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_os_str())
+    }
+}
+
+impl std::fmt::Display for RelPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_root() {
+            write!(f, "/")
+        } else {
+            write!(f, "/{}", self.as_os_str().to_string_lossy())
+        }
+    }
+}
+
+/// One entry of one directory of one layer, classified.
+#[derive(Debug, Clone)]
+pub struct RawEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub kind: RawKind,
+}
+
+/// One directory of one layer, read in full.
+#[derive(Debug, Default)]
+pub struct RawDir {
+    pub marks: DirMarks,
+    pub entries: Vec<RawEntry>,
+}
+
+/// A read-only layer: a directory tree opened once at mount time.
+#[derive(Debug)]
+pub struct Layer {
+    path: PathBuf,
+    root: OwnedFd,
+    dev: u64,
+}
+
+impl Layer {
+    pub fn open(path: &Path) -> io::Result<Layer> {
+        let root = sys::open_dir_path(path)?;
+        let dev = sys::fstat(root.as_fd())?.dev;
+        Ok(Layer {
+            path: path.to_path_buf(),
+            root,
+            dev,
+        })
+    }
+
+    /// Where the layer lives on the host (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The device the layer's root lives on.
+    pub fn dev(&self) -> u64 {
+        self.dev
+    }
+
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// Open `rel` beneath the root without following any symlink on the
+    /// way, so a layer's `etc -> /` can never lead the daemon to the host.
+    /// A symlink as the last component is opened itself when `flags`
+    /// holds `O_PATH | O_NOFOLLOW`, and refused otherwise.
+    pub fn open_beneath(&self, rel: &RelPath, flags: i32) -> io::Result<OwnedFd> {
+        sys::openat_beneath(self.root.as_fd(), rel.as_c_str(), flags)
+    }
+
+    /// lstat of `rel`, resolved safely.
+    pub fn stat(&self, rel: &RelPath) -> io::Result<Stat> {
+        let fd = self.open_beneath(rel, libc::O_PATH | libc::O_NOFOLLOW)?;
+        sys::fstat(fd.as_fd())
+    }
+
+    /// Read a symlink's target.
+    pub fn readlink(&self, rel: &RelPath) -> io::Result<Vec<u8>> {
+        let fd = self.open_beneath(rel, libc::O_PATH | libc::O_NOFOLLOW)?;
+        sys::readlink_fd(fd.as_fd())
+    }
+
+    /// Open a regular file for reading.
+    pub fn open_file(&self, rel: &RelPath) -> io::Result<std::fs::File> {
+        let fd = self.open_beneath(rel, libc::O_RDONLY | libc::O_NOFOLLOW)?;
+        Ok(std::fs::File::from(fd))
+    }
+
+    /// Read one directory in full and classify every entry: whiteouts in
+    /// every dialect, opaque markers, and real objects.
+    pub fn read_dir(&self, rel: &RelPath) -> io::Result<RawDir> {
+        let fd = self.open_beneath(rel, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW)?;
+        let mut marks = whiteout::dir_marks(fd.as_fd())?;
+        let dup = fd.try_clone()?;
+        let mut dir = nix::dir::Dir::from_fd(dup).map_err(io::Error::from)?;
+        let mut entries = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry.map_err(io::Error::from)?;
+            let name = entry.file_name();
+            let bytes = name.to_bytes();
+            if bytes == b"." || bytes == b".." {
+                continue;
+            }
+            match whiteout::classify(fd.as_fd(), name, entry.file_type(), marks)? {
+                whiteout::Classified::OpaqueMarker => marks.opaque = true,
+                whiteout::Classified::Hidden => {}
+                whiteout::Classified::Whiteout(target) => entries.push(RawEntry {
+                    name: target,
+                    ino: entry.ino(),
+                    kind: RawKind::Whiteout,
+                }),
+                whiteout::Classified::Object(kind) => entries.push(RawEntry {
+                    name: OsStr::from_bytes(bytes).to_os_string(),
+                    ino: entry.ino(),
+                    kind: RawKind::Object(kind),
+                }),
+            }
+        }
+        Ok(RawDir { marks, entries })
+    }
+
+    /// The xattrs of `rel` that a user may see (overlay's own are hidden).
+    pub fn list_xattrs(&self, rel: &RelPath, is_dir: bool) -> io::Result<Vec<OsString>> {
+        let names = self.with_xattr_target(rel, is_dir, sys::list_xattrs)?;
+        Ok(names
+            .into_iter()
+            .filter(|n| !whiteout::is_private_xattr(n.as_bytes()))
+            .collect())
+    }
+
+    /// One xattr of `rel`; ENODATA for overlay's private ones.
+    pub fn get_xattr(&self, rel: &RelPath, is_dir: bool, name: &OsStr) -> io::Result<Vec<u8>> {
+        if whiteout::is_private_xattr(name.as_bytes()) {
+            return Err(io::Error::from_raw_os_error(libc::ENODATA));
+        }
+        let cname = CString::new(name.as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        self.with_xattr_target(rel, is_dir, |target| sys::get_xattr(target, &cname))
+    }
+
+    /// Xattr calls need a real file or a path: an O_PATH fd does not do.
+    /// Directories are opened; anything else (a fifo or a device must not
+    /// be opened) is reached as `/proc/self/fd/PARENT/NAME` with the l*
+    /// calls, where PARENT was resolved safely and NAME is not followed.
+    fn with_xattr_target<T>(
+        &self,
+        rel: &RelPath,
+        is_dir: bool,
+        f: impl FnOnce(sys::XattrTarget<'_>) -> io::Result<T>,
+    ) -> io::Result<T> {
+        if is_dir {
+            let fd =
+                self.open_beneath(rel, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW)?;
+            f(sys::XattrTarget::Fd(fd.as_fd()))
+        } else {
+            let (parent, name) = rel.split();
+            let pfd = self.open_beneath(&parent, libc::O_PATH | libc::O_DIRECTORY)?;
+            let mut path = format!("/proc/self/fd/{}/", pfd.as_raw_fd()).into_bytes();
+            path.extend_from_slice(name.as_bytes());
+            let path =
+                CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            f(sys::XattrTarget::Path(&path))
+        }
+    }
+
+    /// statfs of the layer's filesystem.
+    pub fn statfs(&self) -> io::Result<libc::statfs> {
+        sys::fstatfs(self.root.as_fd())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relpath_join_and_split() {
+        let root = RelPath::root();
+        let a = root.join(OsStr::new("a")).unwrap();
+        let b = a.join(OsStr::new("b c")).unwrap();
+        assert_eq!(b.as_os_str(), "a/b c");
+        let (parent, name) = b.split();
+        assert_eq!(parent.as_os_str(), "a");
+        assert_eq!(name, "b c");
+        let (parent, name) = a.split();
+        assert!(parent.is_root());
+        assert_eq!(name, "a");
+        assert!(root.join(OsStr::new("x/y")).is_err());
+        assert!(root.join(OsStr::new("..")).is_err());
+        assert!(root.join(OsStr::new("")).is_err());
+    }
+}

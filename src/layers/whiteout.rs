@@ -1,0 +1,183 @@
+//! Whiteouts and opaque markers in every dialect we read:
+//!
+//! * overlayfs: a character device 0/0 named NAME; an opaque directory has
+//!   `trusted.overlay.opaque=y` or `user.overlay.opaque=y`;
+//! * overlayfs xattr whiteouts ("xwhiteouts", Linux 6.7+): a zero-size
+//!   regular file with `trusted.overlay.whiteout` or `user.overlay.whiteout`.
+//!   As the kernel does, they are honoured only in a directory marked
+//!   `overlay.opaque=x`, so that reading a directory does not cost an xattr
+//!   call per empty file;
+//! * OCI / Docker: an empty file `.wh.NAME`; an opaque directory holds
+//!   `.wh..wh..opq`. Other `.wh..wh.` names are aufs bookkeeping, hidden too.
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use super::sys;
+
+pub const OCI_WHITEOUT_PREFIX: &[u8] = b".wh.";
+pub const OCI_OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+const AUFS_META_PREFIX: &[u8] = b".wh..wh.";
+
+const OPAQUE_XATTRS: [&CStr; 2] = [c"trusted.overlay.opaque", c"user.overlay.opaque"];
+const WHITEOUT_XATTRS: [&CStr; 2] = [c"trusted.overlay.whiteout", c"user.overlay.whiteout"];
+
+/// The type of a real object in a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    Regular,
+    Dir,
+    Symlink,
+    Fifo,
+    CharDev,
+    BlockDev,
+    Socket,
+}
+
+impl FileKind {
+    pub fn from_mode(mode: u32) -> Option<FileKind> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG => FileKind::Regular,
+            libc::S_IFDIR => FileKind::Dir,
+            libc::S_IFLNK => FileKind::Symlink,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFCHR => FileKind::CharDev,
+            libc::S_IFBLK => FileKind::BlockDev,
+            libc::S_IFSOCK => FileKind::Socket,
+            _ => return None,
+        })
+    }
+}
+
+/// What an entry of a layer directory is, once whiteouts are recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawKind {
+    /// Hides the name in every layer below.
+    Whiteout,
+    Object(FileKind),
+}
+
+/// Marks on one directory of one layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirMarks {
+    /// Nothing below this layer shows through this directory.
+    pub opaque: bool,
+    /// The directory may hold xattr whiteouts (`overlay.opaque=x`).
+    pub xwhiteouts: bool,
+}
+
+/// The outcome of classifying one directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Classified {
+    /// `.wh..wh..opq`: the directory holding it is opaque.
+    OpaqueMarker,
+    /// Format bookkeeping never shown (aufs `.wh..wh.*`).
+    Hidden,
+    /// A whiteout hiding the given name in lower layers.
+    Whiteout(OsString),
+    Object(FileKind),
+}
+
+/// Read a directory's own marks from its xattrs.
+pub fn dir_marks(dir: BorrowedFd<'_>) -> io::Result<DirMarks> {
+    let mut marks = DirMarks::default();
+    for name in OPAQUE_XATTRS {
+        match sys::fget_xattr_opt(dir, name)?.as_deref() {
+            Some(b"y") => marks.opaque = true,
+            Some(b"x") => marks.xwhiteouts = true,
+            _ => {}
+        }
+    }
+    Ok(marks)
+}
+
+/// Classify the entry `name` of the directory open at `dir`. `dtype` is
+/// the type getdents reported, when it did.
+pub fn classify(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    dtype: Option<nix::dir::Type>,
+    marks: DirMarks,
+) -> io::Result<Classified> {
+    let bytes = name.to_bytes();
+    if bytes == OCI_OPAQUE_MARKER {
+        return Ok(Classified::OpaqueMarker);
+    }
+    if bytes.starts_with(AUFS_META_PREFIX) {
+        return Ok(Classified::Hidden);
+    }
+    if let Some(target) = bytes.strip_prefix(OCI_WHITEOUT_PREFIX) {
+        // `.wh.` alone names nothing: show it as the odd file it is.
+        if !target.is_empty() {
+            return Ok(Classified::Whiteout(
+                OsStr::from_bytes(target).to_os_string(),
+            ));
+        }
+    }
+    use nix::dir::Type;
+    let kind = match dtype {
+        Some(Type::Directory) => FileKind::Dir,
+        Some(Type::Symlink) => FileKind::Symlink,
+        Some(Type::Fifo) => FileKind::Fifo,
+        Some(Type::BlockDevice) => FileKind::BlockDev,
+        Some(Type::Socket) => FileKind::Socket,
+        Some(Type::File) if !marks.xwhiteouts => FileKind::Regular,
+        // Char devices may be whiteouts, regular files in a marked dir may
+        // be xwhiteouts, unknown types need a stat anyway.
+        _ => {
+            let st = sys::fstatat_nofollow(dir, name)?;
+            let kind = FileKind::from_mode(st.mode)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+            if kind == FileKind::CharDev && st.rdev == 0 {
+                return Ok(Classified::Whiteout(
+                    OsStr::from_bytes(bytes).to_os_string(),
+                ));
+            }
+            if kind == FileKind::Regular
+                && marks.xwhiteouts
+                && st.size == 0
+                && has_whiteout_xattr(dir, name)?
+            {
+                return Ok(Classified::Whiteout(
+                    OsStr::from_bytes(bytes).to_os_string(),
+                ));
+            }
+            kind
+        }
+    };
+    Ok(Classified::Object(kind))
+}
+
+fn has_whiteout_xattr(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<bool> {
+    let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    path.extend_from_slice(name.to_bytes());
+    let path = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    for xattr in WHITEOUT_XATTRS {
+        match sys::get_xattr(sys::XattrTarget::Path(&path), xattr) {
+            Ok(_) => return Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOTSUP)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// Overlay's own xattrs, never shown through the mount.
+pub fn is_private_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_xattrs() {
+        assert!(is_private_xattr(b"trusted.overlay.opaque"));
+        assert!(is_private_xattr(b"user.overlay.whiteout"));
+        assert!(!is_private_xattr(b"user.overlayish"));
+        assert!(!is_private_xattr(b"user.mime_type"));
+    }
+}
