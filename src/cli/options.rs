@@ -127,7 +127,7 @@ impl fmt::Display for PathProblem {
             PathProblem::NotFound => f.write_str("no such file or directory"),
             PathProblem::NotADirectory => f.write_str("not a directory"),
             PathProblem::Io(msg) => f.write_str(msg),
-            PathProblem::AlreadyMounted => f.write_str("already a mount point"),
+            PathProblem::AlreadyMounted => f.write_str("something is already mounted there"),
             PathProblem::NotEmpty(entry) => {
                 write!(f, "not empty (holds '{}')", Escaped(entry))
             }
@@ -274,6 +274,9 @@ impl fmt::Display for OptionsError {
                 other_role,
                 other,
             } => match how {
+                Overlap::Same if role == other_role && path == other => {
+                    write!(f, "{role} {} is given twice", Shown(path))
+                }
                 Overlap::Same => write!(
                     f,
                     "{role} {} is the same directory as {other_role} {}",
@@ -1383,11 +1386,7 @@ mod tests {
             (
                 spec(&[&a, &b, &a], None, None),
                 m.clone(),
-                format!(
-                    "lowerdir {} is the same directory as lowerdir {}",
-                    a.display(),
-                    a.display()
-                ),
+                format!("lowerdir {} is given twice", a.display()),
             ),
             (
                 spec(&[&a, &a_sub], None, None),
@@ -1527,7 +1526,7 @@ mod tests {
         let f = Fixture::new();
         let a = f.dir("a");
         let msg = verr(&spec(&[&a], None, None), Path::new("/proc"));
-        assert_eq!(msg, "mount point /proc: already a mount point");
+        assert_eq!(msg, "mount point /proc: something is already mounted there");
     }
 
     #[test]
