@@ -1,0 +1,1 @@
+# tests the app layer drops
