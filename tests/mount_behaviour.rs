@@ -231,3 +231,24 @@ fn big_files_read_back_exactly_and_writes_are_refused() {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
     assert!(!layers[0].join("new").exists() && !layers[1].join("new").exists());
 }
+
+#[test]
+fn generic_mount_flags_reach_the_kernel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = make_layers(tmp.path(), 2);
+    let m = LayerfsMount::mount(&layers, "nosuid,noexec,noatime");
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mnt = m.path().to_str().unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(mnt))
+        .expect("the mount in mountinfo");
+    let opts: BTreeSet<&str> = line.split(' ').nth(5).unwrap().split(',').collect();
+    for want in ["ro", "nosuid", "noexec", "noatime"] {
+        assert!(opts.contains(want), "{want} missing from {line}");
+    }
+    assert!(
+        !opts.contains("nodev"),
+        "devices stay usable unless asked: {line}"
+    );
+}

@@ -210,6 +210,7 @@ fn run_mount(args: MountArgs) -> i32 {
         source: "layerfs".to_string(),
         allow_other: validated.allow_other,
         threads: usize::from(args.threads),
+        flags: validated.mount_flags.clone(),
     };
     let mounted = match mount::mount(fs, &cfg, root_mode) {
         Ok(m) => m,

@@ -20,6 +20,8 @@ pub struct MountConfig {
     pub source: String,
     pub allow_other: bool,
     pub threads: usize,
+    /// Generic mount flags as given (`nosuid`, `noexec`, `noatime`...).
+    pub flags: Vec<String>,
 }
 
 /// A live mount whose requests are not served yet.
@@ -94,8 +96,11 @@ fn mount_fuse(cfg: &MountConfig, root_mode: u32) -> io::Result<OwnedFd> {
         data.push_str(",allow_other");
     }
     // Read-only; and a container image needs its setuid binaries and
-    // device nodes, so neither nosuid nor nodev.
-    let flags = MsFlags::MS_RDONLY;
+    // device nodes, so neither nosuid nor nodev unless asked for.
+    let flags = cfg
+        .flags
+        .iter()
+        .fold(MsFlags::MS_RDONLY, |acc, f| apply_flag(acc, f));
     nix::mount::mount(
         Some(cfg.source.as_str()),
         &cfg.mountpoint,
@@ -105,6 +110,32 @@ fn mount_fuse(cfg: &MountConfig, root_mode: u32) -> io::Result<OwnedFd> {
     )
     .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
     Ok(fd)
+}
+
+/// One generic mount(8) flag onto the mount(2) flags; the last one given
+/// wins, as with mount(8).
+fn apply_flag(flags: MsFlags, name: &str) -> MsFlags {
+    let atime = MsFlags::MS_NOATIME | MsFlags::MS_RELATIME | MsFlags::MS_STRICTATIME;
+    match name {
+        "nosuid" => flags | MsFlags::MS_NOSUID,
+        "suid" => flags - MsFlags::MS_NOSUID,
+        "nodev" => flags | MsFlags::MS_NODEV,
+        "dev" => flags - MsFlags::MS_NODEV,
+        "noexec" => flags | MsFlags::MS_NOEXEC,
+        "exec" => flags - MsFlags::MS_NOEXEC,
+        "sync" => flags | MsFlags::MS_SYNCHRONOUS,
+        "async" => flags - MsFlags::MS_SYNCHRONOUS,
+        "dirsync" => flags | MsFlags::MS_DIRSYNC,
+        "noatime" => (flags - atime) | MsFlags::MS_NOATIME,
+        "relatime" => (flags - atime) | MsFlags::MS_RELATIME,
+        "strictatime" => (flags - atime) | MsFlags::MS_STRICTATIME,
+        "atime" | "norelatime" | "nostrictatime" => flags - atime,
+        "nodiratime" => flags | MsFlags::MS_NODIRATIME,
+        "diratime" => flags - MsFlags::MS_NODIRATIME,
+        "lazytime" => flags | MsFlags::MS_LAZYTIME,
+        "nolazytime" => flags - MsFlags::MS_LAZYTIME,
+        _ => flags,
+    }
 }
 
 impl Mounted {
