@@ -7,6 +7,7 @@
 pub mod materialize;
 pub mod meta;
 pub mod mounts;
+pub mod ops;
 pub mod sys;
 pub mod tree;
 

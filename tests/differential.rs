@@ -1,0 +1,1041 @@
+//! Differential test of the writable container layer: seeded random
+//! operation sequences run against two mounts of identical copies of a
+//! fixture, each with a fresh upper and work dir; every call's result must
+//! match, then the merged trees, then (unmounted) the two upper dirs.
+//!
+//! The reference is always the kernel's overlayfs
+//! (`-o upperdir=U,workdir=W,redirect_dir=on,index=on`); it also drives the
+//! generator (operations are drawn from what the reference shows at that
+//! moment), so a seed means the same sequence whatever the other side does.
+//!
+//! * `kernel_vs_kernel`: the other side is a second kernel mount. It must
+//!   find nothing: it proves the harness is deterministic.
+//! * `layerfs_vs_kernel` (ignored until layerfs mounts an upper): the other
+//!   side is `layerfs mount -o lowerdir=...,upperdir=U2,workdir=W2`.
+//!
+//! Environment:
+//! * `LAYERFS_DIFF_SEED=N` or `=A..B`: run these seeds instead of the fixed
+//!   list; `LAYERFS_DIFF_OPS=N` operations per seed (default 2000 with a
+//!   seed, else the fixed list's count); `LAYERFS_DIFF_FIXTURE=NAME` instead
+//!   of the seed's fixture (`FIXTURES[seed % 9]`).
+//! * `LAYERFS_DIFF_SHRINK=0`: on failure, do not search for a shorter
+//!   sequence that still fails (by default the first two failures of a run
+//!   are shrunk: shortest failing prefix, then single operations dropped,
+//!   each candidate replayed on fresh mounts, at most a minute each).
+//!
+//! What is compared:
+//! * after every operation: its outcome (the value, or the errno), and for
+//!   operations that change something, `lstat` of each path it names (type,
+//!   mode, owner, size and link count of non-directories, rdev);
+//! * every 50 operations and at the end: the merged trees (`common::tree`
+//!   snapshots: types, modes, owners, sizes, contents, symlink targets,
+//!   devices, xattrs, mtimes, link counts, hard-link groups);
+//! * unmounted, the upper dirs: the same, whiteouts included (char devices
+//!   0/0), with `trusted.overlay.opaque` and `trusted.overlay.redirect`
+//!   (kernel vs kernel: its value; layerfs: only that it is there), and the
+//!   escaped `trusted.overlay.overlay.*` the kernel stores for overlay
+//!   xattrs set through the mount.
+//!
+//! What is not: directory sizes, atime and ctime, inode and device numbers
+//! (only which names share an inode), an mtime set during the run (any such
+//! mtime counts as "now", shown as -1.000000000; the generator's explicit
+//! times all lie in the past), `trusted.overlay.{origin,impure,nlink,uuid,
+//! upper,index}` and the work dirs, the link count of upper whiteouts (the
+//! kernel hard-links them to one inode) and, for layerfs, link counts in the
+//! upper (the kernel's index holds an extra link). Names the kernel lists
+//! but cannot look up (unfiltered whiteouts) count as absent on its side.
+//!
+//! A layerfs daemon that does not answer one step within 20 s is killed (by
+//! pid: our own child), so a hang shows as a failure naming the operation.
+//!
+//! e.g. `LAYERFS_DIFF_SEED=7 LAYERFS_DIFF_OPS=20000 cargo test --test
+//! differential kernel_vs_kernel -- --nocapture` (add `--ignored` and name
+//! `layerfs_vs_kernel` for layerfs). Needs root.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::ops::{self, Gen, Op, Outcome, RelPath};
+use common::{
+    Dialect, DiffOptions, KernelOverlay, LayerfsMount, Tree, diff_with, escape_opt_path,
+    is_mounted, materialize, snapshot,
+};
+
+/// The fixtures a seed picks from (`FIXTURES[seed % len]`): the checked-in
+/// ones and [`LONG_PATHS`].
+const FIXTURES: [&str; 9] = [
+    "whiteouts",
+    "opaque",
+    "replace",
+    "links",
+    "names",
+    "special",
+    "deep",
+    "demo",
+    LONG_PATHS,
+];
+
+/// A fixture built by [`build_layers`] rather than checked in: lower
+/// directories whose paths are longer than overlayfs' `redirect_max` (256
+/// bytes), which the kernel refuses to move to another parent (EXDEV).
+const LONG_PATHS: &str = "long-paths";
+
+/// The fixed seeds of `make test`: two per fixture.
+const FIXED_SEEDS: std::ops::Range<u64> = 1..19;
+/// Operations per fixed seed (18 x 225 = 4050 operations).
+const FIXED_OPS: usize = 225;
+/// Default operations per seed given in `LAYERFS_DIFF_SEED`.
+const ENV_OPS: usize = 2000;
+/// Merged trees are compared every this many operations, and at the end.
+const CHECK_EVERY: usize = 50;
+/// Parallel runs (each in its own thread with its own umask).
+const WORKERS: usize = 3;
+
+/// A layerfs daemon that takes longer than this for one step (an operation
+/// and its checks, or a tree comparison) is killed.
+const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Failing sequences shrunk per test run (each takes up to
+/// [`SHRINK_TIME`]); the others are reported as found.
+const SHRINK_AT_MOST: usize = 2;
+const SHRINK_TIME: Duration = Duration::from_secs(60);
+
+/// Kernel overlay mount options for a writable mount.
+const KERNEL_OPTS: &str = "redirect_dir=on,index=on";
+
+/// Overlay's private xattrs that the two uppers may legitimately differ in:
+/// file handles of lower inodes (origin, and the index they key), the
+/// hard-link count bookkeeping, the uuid of the upper, d_ino consistency
+/// markers. `opaque` and `redirect` are compared (see [`UpperPolicy`]), and
+/// so is anything else, e.g. `trusted.overlay.overlay.X`: since Linux 6.7 an
+/// overlay xattr set through the mount (`trusted.overlay.X`) is stored
+/// escaped like that, and read back through the mount unescaped.
+const IGNORED_UPPER_XATTRS: &[&[u8]] = &[
+    b"trusted.overlay.origin",
+    b"trusted.overlay.impure",
+    b"trusted.overlay.nlink",
+    b"trusted.overlay.uuid",
+    b"trusted.overlay.upper",
+    b"trusted.overlay.index",
+];
+const REDIRECT: &[u8] = b"trusted.overlay.redirect";
+
+/// An mtime set during the run shows as this in messages (-1.000000000).
+const NOW_MARK: (i64, i64) = (-1, 0);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Kernel,
+    Layerfs,
+}
+
+impl Target {
+    fn label(self) -> &'static str {
+        match self {
+            Target::Kernel => "kernel",
+            Target::Layerfs => "layerfs",
+        }
+    }
+
+    /// Its name in messages, as the side compared with the reference.
+    fn other_label(self) -> &'static str {
+        match self {
+            Target::Kernel => "kernel#2",
+            Target::Layerfs => "layerfs",
+        }
+    }
+
+    fn test_name(self) -> &'static str {
+        match self {
+            Target::Kernel => "kernel_vs_kernel -- --nocapture",
+            Target::Layerfs => "layerfs_vs_kernel -- --ignored --nocapture",
+        }
+    }
+}
+
+/// How strictly the upper dirs must agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpperPolicy {
+    /// Two kernels: link counts (the index holds a link of every copied-up
+    /// hard-linked file) and redirect values must agree too.
+    Strict,
+    /// layerfs vs kernel: a redirect must be there (its value may be
+    /// relative or absolute), link counts are the kernel's bookkeeping.
+    Compatible,
+}
+
+enum Mounted {
+    Kernel(KernelOverlay),
+    Layerfs(LayerfsMount),
+}
+
+/// One fixture copy, its upper and work dirs, and its mount.
+struct Side {
+    target: Target,
+    /// Declared first: dropped (unmounted) before the temp dir goes.
+    mount: Option<Mounted>,
+    mnt: PathBuf,
+    layers: Vec<PathBuf>,
+    upper: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Side {
+    fn new(fixture: &str, target: Target) -> Side {
+        let dir = common::tempdir(&format!("diff-{}-", target.label()));
+        let lower_root = dir.path().join("layers");
+        let (upper, work) = (dir.path().join("upper"), dir.path().join("work"));
+        for d in [&lower_root, &upper, &work] {
+            std::fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        }
+        let layers = build_layers(fixture, &lower_root);
+        let uw = format!(
+            "upperdir={},workdir={}",
+            escape_opt_path(&upper),
+            escape_opt_path(&work)
+        );
+        let mount = match target {
+            Target::Kernel => Mounted::Kernel(KernelOverlay::mount(
+                &layers,
+                &format!("{uw},{KERNEL_OPTS}"),
+            )),
+            Target::Layerfs => Mounted::Layerfs(LayerfsMount::mount(&layers, &uw)),
+        };
+        let mnt = match &mount {
+            Mounted::Kernel(m) => m.path().to_path_buf(),
+            Mounted::Layerfs(m) => m.path().to_path_buf(),
+        };
+        Side {
+            target,
+            mount: Some(mount),
+            mnt,
+            layers,
+            upper,
+            _dir: dir,
+        }
+    }
+
+    fn root(&self) -> &Path {
+        &self.mnt
+    }
+
+    /// The layerfs daemon's pid, while it runs.
+    fn daemon_pid(&self) -> Option<u32> {
+        match &self.mount {
+            Some(Mounted::Layerfs(m)) => m.pid(),
+            _ => None,
+        }
+    }
+
+    /// Unmounts; an error when the daemon did not end cleanly or something
+    /// is still mounted.
+    fn unmount(&mut self) -> Result<(), String> {
+        let mut out = Ok(());
+        match self.mount.take() {
+            Some(Mounted::Kernel(m)) => drop(m),
+            Some(Mounted::Layerfs(m)) => {
+                let exit = m.unmount();
+                if !exit.status.is_some_and(|s| s.success()) {
+                    out = Err(format!(
+                        "layerfs daemon ended with {:?}; its output:\n{}",
+                        exit.status, exit.log
+                    ));
+                }
+            }
+            None => {}
+        }
+        if is_mounted(&self.mnt) {
+            return Err(format!("{} is still mounted", self.mnt.display()));
+        }
+        out
+    }
+}
+
+/// The layer dirs of `fixture` under `dest`, top first, in overlay format
+/// (whiteouts as char devices 0/0, `trusted.overlay.opaque`).
+fn build_layers(fixture: &str, dest: &Path) -> Vec<PathBuf> {
+    if fixture != LONG_PATHS {
+        return materialize(fixture, Dialect::OverlayTrusted, dest);
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let (base, top) = (dest.join("00-base"), dest.join("01-top"));
+    let long = |c: &str, n: usize| c.repeat(n);
+    // 120 + 1 + 120 bytes: a child dir's path is past 256 bytes.
+    let deep = format!("{}/{}", long("d", 120), long("e", 120));
+    let dirs = [
+        base.join(&deep).join(long("f", 40)).join("inner"),
+        base.join(&deep).join("short"),
+        base.join(long("g", 250)).join("h"),
+        base.join("other"),
+        top.join(&deep).join("short"),
+        top.join("other").join("sub"),
+    ];
+    let files = [
+        (
+            base.join(&deep).join(long("f", 40)).join("inner/file"),
+            "base\n",
+        ),
+        (base.join(&deep).join("short/file"), "base short\n"),
+        (base.join(long("g", 250)).join("h/file"), "g\n"),
+        (top.join(&deep).join("short/top-file"), "top\n"),
+        (top.join(&deep).join("top-file"), "top\n"),
+    ];
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+    }
+    for (f, text) in &files {
+        std::fs::write(f, text).unwrap_or_else(|e| panic!("write {}: {e}", f.display()));
+    }
+    // A whiteout in the top layer hides a base file.
+    common::sys::mknod(&top.join(&deep).join("short/file"), libc::S_IFCHR, 0, 0, 0)
+        .expect("mknod whiteout");
+    // Fixed modes and times, so that two copies are identical.
+    let mut stack = vec![base.clone(), top.clone()];
+    while let Some(p) = stack.pop() {
+        let md = std::fs::symlink_metadata(&p).expect("lstat in a built layer");
+        if md.is_dir() {
+            for e in std::fs::read_dir(&p).expect("readdir in a built layer") {
+                stack.push(e.expect("readdir entry").path());
+            }
+        }
+        if !md.file_type().is_char_device() {
+            let mode = if md.is_dir() { 0o755 } else { 0o644 };
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                .expect("chmod in a built layer");
+        }
+        common::sys::set_times(&p, 1_704_067_200, 250_000_000).expect("utimensat");
+    }
+    vec![top, base]
+}
+
+/// Counts of outcome classes per operation kind.
+#[derive(Default)]
+struct Stats(BTreeMap<&'static str, BTreeMap<String, usize>>);
+
+impl Stats {
+    fn add(&mut self, op: &Op, o: &Outcome) {
+        *self
+            .0
+            .entry(op.kind_name())
+            .or_default()
+            .entry(ops::outcome_class(o))
+            .or_default() += 1;
+    }
+
+    fn merge(&mut self, other: Stats) {
+        for (k, m) in other.0 {
+            let e = self.0.entry(k).or_default();
+            for (c, n) in m {
+                *e.entry(c).or_default() += n;
+            }
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.0.values().flat_map(|m| m.values()).sum()
+    }
+
+    fn show(&self) -> String {
+        let mut s = String::new();
+        for (k, m) in &self.0 {
+            let parts: Vec<String> = m.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            let _ = writeln!(s, "  {k:<17} {}", parts.join(", "));
+        }
+        s
+    }
+}
+
+/// Where the operations come from.
+enum Plan<'a> {
+    Generate { seed: u64, nops: usize },
+    Replay(&'a [Op]),
+}
+
+struct Failure {
+    /// The operation whose outcome differed, if that is what failed.
+    op_index: Option<usize>,
+    msg: String,
+}
+
+struct Run {
+    ops: Vec<Op>,
+    failure: Option<Failure>,
+    stats: Stats,
+    /// What the reference's upper dir ended up holding.
+    upper_summary: String,
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// Replaces mtimes set during the run (whatever "now" was on each side)
+/// by [`NOW_MARK`]; the generator's explicit times all lie before any run.
+fn normalize_times(t: &mut Tree, since: i64) {
+    for e in t.entries.values_mut() {
+        if e.mtime.0 >= since {
+            e.mtime = NOW_MARK;
+        }
+    }
+}
+
+fn merged_problems(a: &Side, b: &Side, since: i64) -> Vec<String> {
+    let snap = |s: &Side| {
+        let mut t = snapshot(s.root());
+        if s.target == Target::Kernel {
+            // Whiteouts the kernel lists but cannot look up are not there.
+            t.drop_listed_but_absent();
+        }
+        normalize_times(&mut t, since);
+        t
+    };
+    let opts = DiffOptions {
+        dir_sizes: false,
+        ..DiffOptions::default()
+    };
+    diff_with(&snap(a), &snap(b), &opts)
+}
+
+fn is_whiteout(e: &common::Entry) -> bool {
+    e.kind == common::Kind::CharDev && e.rdev == Some((0, 0))
+}
+
+/// An upper dir as far as the two sides must agree on it.
+fn upper_view(upper: &Path, policy: UpperPolicy, since: i64) -> Tree {
+    let mut t = snapshot(upper);
+    normalize_times(&mut t, since);
+    let mut whiteouts = Vec::new();
+    for (rel, e) in t.entries.iter_mut() {
+        e.xattrs
+            .retain(|k, _| !IGNORED_UPPER_XATTRS.contains(&k.as_slice()));
+        if policy == UpperPolicy::Compatible
+            && let Some(v) = e.xattrs.get_mut(REDIRECT)
+        {
+            *v = b"(present)".to_vec();
+        }
+        if is_whiteout(e) {
+            // The kernel shares one whiteout inode between many names.
+            e.nlink = None;
+            whiteouts.push(rel.clone());
+        }
+    }
+    t.hardlinks = std::mem::take(&mut t.hardlinks)
+        .into_iter()
+        .map(|g| {
+            g.into_iter()
+                .filter(|p| !whiteouts.contains(p))
+                .collect::<Vec<_>>()
+        })
+        .filter(|g| g.len() > 1)
+        .collect();
+    t
+}
+
+fn upper_problems(a: &Side, b: &Side, policy: UpperPolicy, since: i64) -> Vec<String> {
+    let opts = DiffOptions {
+        dir_sizes: false,
+        nlink: policy == UpperPolicy::Strict,
+        ..DiffOptions::default()
+    };
+    diff_with(
+        &upper_view(&a.upper, policy, since),
+        &upper_view(&b.upper, policy, since),
+        &opts,
+    )
+}
+
+fn show_problems(what: &str, problems: &[String]) -> String {
+    let shown: Vec<&String> = problems.iter().take(40).collect();
+    let mut s = format!(
+        "{what}: {} difference(s) (\"expected\" is the kernel reference):\n",
+        problems.len()
+    );
+    for p in shown {
+        let _ = writeln!(s, "    {p}");
+    }
+    if problems.len() > 40 {
+        let _ = writeln!(s, "    ...");
+    }
+    s
+}
+
+/// A one-line account of an upper dir: what kinds of overlay objects the
+/// sequence made.
+fn summarize_upper(t: &Tree) -> String {
+    let count = |f: &dyn Fn(&common::Entry) -> bool| t.entries.values().filter(|e| f(e)).count();
+    let has = |e: &common::Entry, name: &[u8]| e.xattrs.contains_key(name);
+    format!(
+        "upper: {} entries, {} whiteouts, {} opaque dirs, {} redirects, {} escaped overlay xattrs",
+        t.entries.len().saturating_sub(1),
+        count(&|e| is_whiteout(e)),
+        count(&|e| has(e, b"trusted.overlay.opaque")),
+        count(&|e| has(e, REDIRECT)),
+        count(&|e| {
+            e.xattrs
+                .keys()
+                .any(|k| k.starts_with(b"trusted.overlay.overlay."))
+        }),
+    )
+}
+
+/// Kills a layerfs daemon that stops answering, so that a hang becomes a
+/// failure (the blocked calls return ENOTCONN) instead of a stuck test.
+#[derive(Default)]
+struct Watchdog {
+    /// What is being waited for, since when.
+    current: Mutex<Option<(String, Instant)>>,
+    done: AtomicBool,
+    /// What was running when the daemon was killed.
+    fired: Mutex<Option<String>>,
+}
+
+impl Watchdog {
+    fn doing(&self, what: impl FnOnce() -> String) {
+        *lock(&self.current) = Some((what(), Instant::now()));
+    }
+
+    /// Runs until `finish`; kills `pid` (our own child) when one step
+    /// takes longer than [`STEP_TIMEOUT`].
+    fn watch(&self, pid: u32) {
+        while !self.done.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+            let stuck = match &*lock(&self.current) {
+                Some((what, since)) if since.elapsed() > STEP_TIMEOUT => what.clone(),
+                _ => continue,
+            };
+            // SAFETY: kill has no memory-safety preconditions; `pid` is our
+            // unreaped child, so it cannot name another process.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            *lock(&self.fired) = Some(stuck);
+            return;
+        }
+    }
+
+    fn finish(&self) {
+        self.done.store(true, Ordering::SeqCst);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs one sequence on a fresh pair of mounts of `fixture`. `sabotage`
+/// (for testing the harness) is an operation done on the other side only,
+/// after the operation of that index.
+fn run(fixture: &str, other: Target, plan: Plan<'_>, sabotage: Option<&(usize, Op)>) -> Run {
+    let since = now_secs() - 1;
+    let mut a = Side::new(fixture, Target::Kernel);
+    let mut b = Side::new(fixture, other);
+    let mut run = Run {
+        ops: Vec::new(),
+        failure: None,
+        stats: Stats::default(),
+        upper_summary: String::new(),
+    };
+    let dog = Watchdog::default();
+    std::thread::scope(|s| {
+        if let Some(pid) = b.daemon_pid() {
+            let dog = &dog;
+            s.spawn(move || dog.watch(pid));
+        }
+        drive(&a, &b, plan, sabotage, since, &mut run, &dog);
+        dog.finish();
+    });
+    if let Some(what) = lock(&dog.fired).take() {
+        let note = format!(
+            "{} did not answer within {} s ({what}): its daemon was killed\n",
+            other.other_label(),
+            STEP_TIMEOUT.as_secs()
+        );
+        match &mut run.failure {
+            Some(f) => f.msg.push_str(&note),
+            None => {
+                run.failure = Some(Failure {
+                    op_index: None,
+                    msg: note,
+                })
+            }
+        }
+    }
+    let unmounted = [a.unmount(), b.unmount()];
+    run.upper_summary = summarize_upper(&snapshot(&a.upper));
+    if run.failure.is_none() {
+        if let Some(Err(e)) = unmounted.iter().find(|r| r.is_err()) {
+            run.failure = Some(Failure {
+                op_index: None,
+                msg: format!("unmounting: {e}\n"),
+            });
+        } else {
+            let policy = match other {
+                Target::Kernel => UpperPolicy::Strict,
+                Target::Layerfs => UpperPolicy::Compatible,
+            };
+            let problems = upper_problems(&a, &b, policy, since);
+            if !problems.is_empty() {
+                run.failure = Some(Failure {
+                    op_index: None,
+                    msg: show_problems("upper dirs", &problems),
+                });
+            }
+        }
+    }
+    run
+}
+
+/// The operations of one run on the two live mounts, with their checks;
+/// stops at the first difference.
+fn drive(
+    a: &Side,
+    b: &Side,
+    plan: Plan<'_>,
+    sabotage: Option<&(usize, Op)>,
+    since: i64,
+    run: &mut Run,
+    dog: &Watchdog,
+) {
+    let (la, lb) = (Target::Kernel.label(), b.target.other_label());
+    let (mut generator, nops) = match plan {
+        Plan::Generate { seed, nops } => (Some(Gen::new(seed, ops::layer_paths(&a.layers))), nops),
+        Plan::Replay(ops) => (None, ops.len()),
+    };
+    let mut fail = |i: Option<usize>, msg: String| {
+        run.failure = Some(Failure { op_index: i, msg });
+    };
+    for i in 0..nops {
+        let op = match (&mut generator, &plan) {
+            (Some(g), _) => g.next_op(a.root()),
+            (None, Plan::Replay(ops)) => ops[i].clone(),
+            (None, Plan::Generate { .. }) => unreachable!(),
+        };
+        dog.doing(|| format!("op #{i}: {op}"));
+        let (oa, ob) = (ops::apply(a.root(), &op), ops::apply(b.root(), &op));
+        run.stats.add(&op, &oa);
+        run.ops.push(op.clone());
+        if oa != ob {
+            fail(
+                Some(i),
+                format!("op #{i}: {op}\n  {la}: {oa:?}\n  {lb}: {ob:?}\n"),
+            );
+            return;
+        }
+        if !op.is_read_only() {
+            for p in op.paths() {
+                let st = Op::Stat { path: p.clone() };
+                let (sa, sb) = (ops::apply(a.root(), &st), ops::apply(b.root(), &st));
+                if sa != sb {
+                    fail(
+                        Some(i),
+                        format!(
+                            "op #{i}: {op} (both {oa:?})\n  then lstat {p}:\n  {la}: {sa:?}\n  {lb}: {sb:?}\n"
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
+        if let Some((at, extra)) = sabotage
+            && *at == i
+        {
+            let _ = ops::apply(b.root(), extra);
+        }
+        if (i + 1) % CHECK_EVERY == 0 && i + 1 < nops {
+            dog.doing(|| format!("comparing the merged trees after op #{i}"));
+            let problems = merged_problems(a, b, since);
+            if !problems.is_empty() {
+                fail(
+                    None,
+                    show_problems(&format!("merged trees after op #{i}"), &problems),
+                );
+                return;
+            }
+        }
+    }
+    dog.doing(|| "comparing the merged trees at the end".to_string());
+    let problems = merged_problems(a, b, since);
+    if !problems.is_empty() {
+        fail(None, show_problems("merged trees at the end", &problems));
+    }
+}
+
+/// Looks for a shorter sequence that still fails: the shortest failing
+/// prefix, then drops single operations while it keeps failing. Bounded in
+/// replays and time; returns the sequence and its failure.
+fn shrink(fixture: &str, other: Target, ops: &[Op], first: &Failure) -> (Vec<Op>, String) {
+    let deadline = Instant::now() + SHRINK_TIME;
+    let replays = std::cell::Cell::new(0usize);
+    let more = || replays.get() < 300 && Instant::now() < deadline;
+    let try_ops = |ops: &[Op]| -> Option<String> {
+        replays.set(replays.get() + 1);
+        run(fixture, other, Plan::Replay(ops), None)
+            .failure
+            .map(|f| f.msg)
+    };
+    let mut best: Vec<Op> = match first.op_index {
+        Some(i) => ops[..=i].to_vec(),
+        None => ops.to_vec(),
+    };
+    let mut best_msg = first.msg.clone();
+    // Shortest failing prefix (binary search; failing is close enough to
+    // monotonic in the prefix length).
+    let (mut lo, mut hi) = (0usize, best.len());
+    while lo < hi && more() {
+        let mid = (lo + hi) / 2;
+        match try_ops(&best[..mid]) {
+            Some(m) => {
+                hi = mid;
+                best_msg = m;
+            }
+            None => lo = mid + 1,
+        }
+    }
+    best.truncate(hi);
+    // Drop single operations, last first.
+    let mut i = best.len();
+    while i > 0 && more() {
+        i -= 1;
+        let mut candidate = best.clone();
+        candidate.remove(i);
+        if let Some(m) = try_ops(&candidate) {
+            best = candidate;
+            best_msg = m;
+        }
+    }
+    (best, best_msg)
+}
+
+struct Case {
+    fixture: String,
+    seed: u64,
+    nops: usize,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The cases to run: the fixed list, or what the environment asks for.
+fn cases() -> Vec<Case> {
+    let ops_env = env("LAYERFS_DIFF_OPS").map(|v| {
+        v.parse::<usize>()
+            .unwrap_or_else(|_| panic!("LAYERFS_DIFF_OPS={v}: not a number"))
+    });
+    let (seeds, nops) = match env("LAYERFS_DIFF_SEED") {
+        Some(v) => {
+            let parse = |s: &str| {
+                s.trim()
+                    .parse::<u64>()
+                    .unwrap_or_else(|_| panic!("LAYERFS_DIFF_SEED={v}: want N or A..B"))
+            };
+            let seeds = match v.split_once("..") {
+                Some((a, b)) => parse(a)..parse(b),
+                None => parse(&v)..parse(&v) + 1,
+            };
+            (seeds, ops_env.unwrap_or(ENV_OPS))
+        }
+        None => (FIXED_SEEDS, ops_env.unwrap_or(FIXED_OPS)),
+    };
+    let fixture = env("LAYERFS_DIFF_FIXTURE");
+    if let Some(f) = &fixture {
+        assert!(
+            f == LONG_PATHS || common::fixture_names().contains(f),
+            "LAYERFS_DIFF_FIXTURE={f}: no such fixture"
+        );
+    }
+    seeds
+        .map(|seed| Case {
+            fixture: fixture
+                .clone()
+                .unwrap_or_else(|| FIXTURES[(seed % FIXTURES.len() as u64) as usize].to_string()),
+            seed,
+            nops,
+        })
+        .collect()
+}
+
+/// Runs one case; on failure, the full report (with a shorter reproducer
+/// unless disabled).
+fn run_case(case: &Case, other: Target) -> (Stats, Option<String>) {
+    // apply() sets the umask; keep that to this thread.
+    ops::private_umask();
+    let started = Instant::now();
+    let r = run(
+        &case.fixture,
+        other,
+        Plan::Generate {
+            seed: case.seed,
+            nops: case.nops,
+        },
+        None,
+    );
+    let Some(f) = &r.failure else {
+        eprintln!(
+            "{}: seed {} ({}), {} ops: same on both sides ({:.1} s); {}",
+            other.label(),
+            case.seed,
+            case.fixture,
+            r.ops.len(),
+            started.elapsed().as_secs_f64(),
+            r.upper_summary
+        );
+        return (r.stats, None);
+    };
+    let mut report = format!(
+        "\n==== kernel overlay vs {}: fixture `{}`, seed {}, {} ops ====\n{}\
+         rerun: LAYERFS_DIFF_SEED={} LAYERFS_DIFF_OPS={} LAYERFS_DIFF_FIXTURE={} \
+         cargo test --test differential {}\n",
+        other.label(),
+        case.fixture,
+        case.seed,
+        case.nops,
+        f.msg,
+        case.seed,
+        case.nops,
+        case.fixture,
+        other.test_name()
+    );
+    static SHRUNK: AtomicUsize = AtomicUsize::new(0);
+    if env("LAYERFS_DIFF_SHRINK").as_deref() == Some("0") {
+        // Asked not to.
+    } else if SHRUNK.fetch_add(1, Ordering::SeqCst) >= SHRINK_AT_MOST {
+        let _ = writeln!(
+            report,
+            "(not shrunk: only the first {SHRINK_AT_MOST} failures of a run are)"
+        );
+    } else {
+        let (ops, msg) = shrink(&case.fixture, other, &r.ops, f);
+        let _ = writeln!(
+            report,
+            "a sequence of {} op(s) that fails too (replayed on fresh mounts):",
+            ops.len()
+        );
+        for (i, op) in ops.iter().enumerate() {
+            let _ = writeln!(report, "  {i:>4}: {op}");
+        }
+        let _ = write!(report, "its failure:\n{msg}");
+    }
+    (r.stats, Some(report))
+}
+
+/// Runs every case over `WORKERS` threads; panics with all failures.
+fn differential(other: Target) {
+    common::require_root();
+    let cases = cases();
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new((Stats::default(), Vec::<String>::new()));
+    std::thread::scope(|s| {
+        for _ in 0..WORKERS.min(cases.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(case) = cases.get(i) else { break };
+                    let (stats, failure) = run_case(case, other);
+                    let mut r = lock(&results);
+                    r.0.merge(stats);
+                    r.1.extend(failure);
+                }
+            });
+        }
+    });
+    let (stats, failures) = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    eprintln!(
+        "{} operations; outcomes on the kernel side:\n{}",
+        stats.total(),
+        stats.show()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} sequence(s) differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// Two kernel overlay mounts must agree on everything: this is the harness
+/// checking itself (determinism of the generator, the comparisons and what
+/// they ignore).
+#[test]
+fn kernel_vs_kernel() {
+    differential(Target::Kernel);
+}
+
+/// layerfs against the kernel. Ignored until layerfs mounts a writable
+/// upper (today it refuses `upperdir=`): it turns on when the writable
+/// container layer lands.
+#[test]
+#[ignore = "layerfs has no writable layer yet; turns on when it lands"]
+fn layerfs_vs_kernel() {
+    differential(Target::Layerfs);
+}
+
+// ---- the harness itself --------------------------------------------------
+
+/// The comparisons notice a change made on one side only: in the merged
+/// tree, and in the upper dir alone (a copy-up that changes nothing
+/// visible).
+#[test]
+fn harness_notices_differences() {
+    common::require_root();
+    ops::private_umask();
+    let p = |s: &str| RelPath(s.as_bytes().to_vec());
+    let script = [
+        Op::Mkdir {
+            path: p("etc/new"),
+            mode: 0o755,
+            umask: 0o022,
+        },
+        Op::Unlink {
+            path: p("etc/new.conf"),
+        },
+        Op::Rename {
+            from: p("var/cache"),
+            to: p("srv/cache"),
+            flags: ops::RenameFlags::None,
+        },
+    ];
+    let same = run("whiteouts", Target::Kernel, Plan::Replay(&script), None);
+    assert!(same.failure.is_none(), "{}", same.failure.unwrap().msg);
+    let visible = (
+        1,
+        Op::Mkdir {
+            path: p("sabotage"),
+            mode: 0o755,
+            umask: 0,
+        },
+    );
+    let f = run(
+        "whiteouts",
+        Target::Kernel,
+        Plan::Replay(&script),
+        Some(&visible),
+    )
+    .failure
+    .expect("an extra directory on one side goes unnoticed");
+    assert!(f.msg.contains("/sabotage"), "{}", f.msg);
+    // chown -1:-1 copies `etc/keep.conf` up on one side and changes nothing
+    // else.
+    let hidden = (
+        1,
+        Op::Chown {
+            path: p("etc/keep.conf"),
+            uid: None,
+            gid: None,
+        },
+    );
+    let f = run(
+        "whiteouts",
+        Target::Kernel,
+        Plan::Replay(&script),
+        Some(&hidden),
+    )
+    .failure
+    .expect("a copy-up on one side goes unnoticed");
+    assert!(
+        f.msg.contains("upper dirs") && f.msg.contains("/etc/keep.conf"),
+        "{}",
+        f.msg
+    );
+}
+
+/// The same seed and the same tree give the same operations.
+#[test]
+fn generator_is_deterministic() {
+    let dir = common::tempdir("diff-gen-");
+    let layers = materialize("whiteouts", Dialect::OverlayTrusted, dir.path());
+    let tree = ops::listing(&layers[0]);
+    let paths = ops::layer_paths(&layers);
+    let draw = |seed| {
+        let mut g = Gen::new(seed, paths.clone());
+        (0..500).map(|_| g.draw(&tree)).collect::<Vec<_>>()
+    };
+    assert_eq!(draw(3), draw(3));
+    assert_ne!(draw(3), draw(4));
+    let kinds: std::collections::BTreeSet<&str> = draw(5).iter().map(Op::kind_name).collect();
+    assert!(kinds.len() >= 20, "500 ops cover few kinds: {kinds:?}");
+}
+
+/// `apply` never resolves a symlink in a path, and never opens a device.
+#[test]
+fn apply_stays_beneath_the_root() {
+    common::require_root();
+    ops::private_umask();
+    let dir = common::tempdir("diff-apply-");
+    let root = dir.path();
+    std::os::unix::fs::symlink("/", root.join("etc")).unwrap();
+    std::os::unix::fs::symlink(root.join("inside"), root.join("abs")).unwrap();
+    std::fs::create_dir(root.join("inside")).unwrap();
+    common::sys::mknod(&root.join("null"), libc::S_IFCHR, 0o666, 1, 3).unwrap();
+    let p = |s: &str| RelPath(s.as_bytes().to_vec());
+    let data = ops::Data { len: 3, seed: 1 };
+    let cases = [
+        (
+            Op::CreateFile {
+                path: p("etc/layerfs-differential-escape"),
+                mode: 0o644,
+                umask: 0,
+                excl: true,
+            },
+            Err(ops::Errno(libc::ELOOP)),
+        ),
+        (
+            Op::Mkdir {
+                path: p("abs/x"),
+                mode: 0o755,
+                umask: 0,
+            },
+            Err(ops::Errno(libc::ELOOP)),
+        ),
+        (
+            Op::WriteAt {
+                path: p("etc"),
+                offset: 0,
+                data,
+            },
+            Err(ops::Errno(libc::ELOOP)),
+        ),
+        (
+            Op::WriteAt {
+                path: p("null"),
+                offset: 0,
+                data,
+            },
+            Ok(ops::Value::NotOpened(common::Kind::CharDev)),
+        ),
+        (
+            Op::Chmod {
+                path: p("etc"),
+                mode: 0o700,
+            },
+            Err(ops::Errno(libc::EOPNOTSUPP)),
+        ),
+        (
+            Op::ReadLink { path: p("etc") },
+            Ok(ops::Value::Bytes(b"/".to_vec())),
+        ),
+        (
+            Op::CreateFile {
+                path: p("inside/f"),
+                mode: 0o666,
+                umask: 0o022,
+                excl: true,
+            },
+            Ok(ops::Value::Done),
+        ),
+    ];
+    for (op, want) in cases {
+        assert_eq!(ops::apply(root, &op), want, "{op}");
+    }
+    assert!(!Path::new("/layerfs-differential-escape").exists());
+    let st = common::sys::lstat(&root.join("inside/f")).unwrap();
+    assert_eq!(st.st_mode & 0o7777, 0o644, "umask applied");
+}
