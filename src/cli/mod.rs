@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 
 use crate::fs::LayerFs;
 use crate::fs::mount::{self, MountConfig};
-use crate::union::LayerStack;
+use crate::union::{LayerStack, UpperSpec};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -167,20 +167,33 @@ fn run_mount(args: MountArgs) -> i32 {
             return 1;
         }
     };
-    if let Some(upper) = &validated.upper {
-        eprintln!(
-            "layerfs: upperdir={}: writable mounts are not supported by this version yet",
-            upper.display()
-        );
-        return 1;
-    }
-    let stack = match LayerStack::open(&validated.lowers) {
+    let opened = match (&validated.upper, &validated.work) {
+        (Some(upper), Some(work)) if !validated.read_only => {
+            let spec = UpperSpec {
+                upper: upper.clone(),
+                work: work.clone(),
+                format: validated.whiteout,
+                userxattr: validated.userxattr,
+                durable: !validated.volatile,
+            };
+            LayerStack::open_writable(&validated.lowers, &spec)
+        }
+        // `ro` with an upper: the upper is just the top layer.
+        (Some(upper), _) => {
+            let mut all = vec![upper.clone()];
+            all.extend(validated.lowers.iter().cloned());
+            LayerStack::open(&all)
+        }
+        _ => LayerStack::open(&validated.lowers),
+    };
+    let stack = match opened {
         Ok(s) => s,
         Err(e) => {
             eprintln!("layerfs: {e}");
             return 1;
         }
     };
+    let stack_writable = stack.is_writable();
     let root_mode = stack
         .layer(0)
         .stat(&crate::layers::RelPath::root())
@@ -201,6 +214,9 @@ fn run_mount(args: MountArgs) -> i32 {
             daemon::Role::Daemon(r) => r,
         }
     };
+    // New objects get exactly the mode the caller asked for (the kernel
+    // applied the caller's umask already).
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     if let Err(e) = mount::block_stop_signals() {
         readiness.failed(&format!("cannot block signals: {e}"));
         return 1;
@@ -211,6 +227,7 @@ fn run_mount(args: MountArgs) -> i32 {
         allow_other: validated.allow_other,
         threads: usize::from(args.threads),
         flags: validated.mount_flags.clone(),
+        writable: stack_writable,
     };
     let mounted = match mount::mount(fs, &cfg, root_mode) {
         Ok(m) => m,

@@ -36,15 +36,7 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::AccessFlags;
 
-/// How whiteouts are written into the upper layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WhiteoutFormat {
-    /// Character device 0/0 and `trusted.overlay.opaque=y`, as the kernel writes.
-    #[default]
-    Overlay,
-    /// `.wh.NAME` files and `.wh..wh..opq` markers.
-    Oci,
-}
+pub use crate::layers::WhiteoutFormat;
 
 /// Everything `layerfs mount` was asked to do, before it touches the filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -62,6 +54,8 @@ pub struct MountSpec {
     pub default_permissions: bool,
     /// Overlay `userxattr`: use `user.overlay.*` instead of `trusted.overlay.*`.
     pub userxattr: bool,
+    /// Overlay `volatile`: no fsync of the upper layer.
+    pub volatile: bool,
     /// Generic mount flags as given, in order (`nosuid`, `nodev`, `noexec`,
     /// `noatime`, `sync`, ...), for the caller to pass on to the FUSE mount.
     pub mount_flags: Vec<String>,
@@ -85,6 +79,7 @@ pub struct ValidatedMount {
     pub allow_other: bool,
     pub default_permissions: bool,
     pub userxattr: bool,
+    pub volatile: bool,
     pub mount_flags: Vec<String>,
 }
 
@@ -374,6 +369,7 @@ pub fn spec_from_lowers(
     if parsed.volatile && spec.upper.is_none() {
         return Err(OptionsError::NeedsUpper("volatile"));
     }
+    spec.volatile = parsed.volatile;
     Ok(spec)
 }
 
@@ -753,6 +749,7 @@ pub fn validate(spec: &MountSpec, mountpoint: &Path) -> Result<ValidatedMount, O
         allow_other: spec.allow_other || nix::unistd::geteuid().is_root(),
         default_permissions: spec.default_permissions,
         userxattr: spec.userxattr,
+        volatile: spec.volatile,
         mount_flags: spec.mount_flags.clone(),
     })
 }

@@ -3,67 +3,88 @@
 
 pub mod mount;
 mod nodes;
+mod write;
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use fuser::{
-    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request,
+    AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{debug, info, warn};
 
-pub use nodes::{Node, NodeTable};
+pub use nodes::{Node, NodeState, NodeTable};
 
 use crate::error::{Error, Result};
-use crate::layers::{FileKind, Stat};
-use crate::union::{LayerStack, Listing, fuser_root_ino, layer_display};
+use crate::layers::{FileKind, NewObject, Stat};
+use crate::union::{AttrChange, LayerIdx, LayerStack, Listing, fuser_root_ino, layer_display};
 
 /// Lower layers never change while mounted, so the kernel may cache what
 /// it learns of them for as long as it likes.
 const LOWER_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest name any layer's filesystem takes (the kernel's NAME_MAX).
+const NAME_MAX: usize = 255;
 
 /// What an open handle holds.
 enum Handle {
     /// The listing as it was at opendir: offsets stay valid for the
     /// handle's life, so a resumed readdir never skips nor repeats.
     Dir(Arc<Listing>),
-    File {
-        file: File,
-        /// Keeps the passthrough backing id alive while the handle is open.
-        _backing: Option<Arc<BackingId>>,
-    },
+    File(FileHandleState),
 }
 
-/// A read-only union mount served over FUSE.
+struct FileHandleState {
+    file: File,
+    /// The layer the file was opened in: a read-only handle opened before
+    /// a copy-up moves to the upper copy, as the kernel's overlayfs does.
+    layer: LayerIdx,
+    ino: u64,
+    /// Keeps the passthrough backing id alive while the handle is open.
+    _backing: Option<Arc<BackingId>>,
+}
+
+/// A union mount served over FUSE.
 pub struct LayerFs {
     stack: LayerStack,
     nodes: NodeTable,
     handles: DashMap<u64, Handle>,
     next_handle: AtomicU64,
     /// Whether the kernel accepted FUSE passthrough; cleared on the first
-    /// refusal so we stop asking.
+    /// refusal so we stop asking. Only read-only mounts use it: a copy-up
+    /// would change the backing file under open handles.
     passthrough: AtomicBool,
+    /// Mutations are serialised: each touches a few listings and nodes
+    /// that must change together. Reads never take it.
+    write_lock: Mutex<()>,
 }
 
 impl LayerFs {
     pub fn new(stack: LayerStack) -> Result<LayerFs> {
         let nodes = NodeTable::default();
-        nodes.insert_root(Node::new(fuser_root_ino(), stack.root()?));
+        nodes.insert_root(Node::new(NodeState {
+            parent: fuser_root_ino(),
+            name: Default::default(),
+            obj: stack.root()?,
+            generation: 0,
+            aliases: Vec::new(),
+        }));
         Ok(LayerFs {
             stack,
             nodes,
             handles: DashMap::new(),
             next_handle: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
+            write_lock: Mutex::new(()),
         })
     }
 
@@ -78,28 +99,62 @@ impl LayerFs {
         })
     }
 
+    /// The attributes to report. Upper objects change under our own
+    /// writes, so they are read again; lower ones never change.
     fn attr(&self, node: &Node) -> FileAttr {
-        let mut nlink = node.obj.stat.nlink;
+        let (obj, stale) = {
+            let s = node.state();
+            (s.obj.clone(), s.obj.layer == 0 && self.stack.is_writable())
+        };
+        let stat = if stale {
+            match self.stack.restat(&obj) {
+                Ok(st) => {
+                    node.update(|s| s.obj.stat = st);
+                    st
+                }
+                // Unlinked while open: what we last knew.
+                Err(_) => obj.stat,
+            }
+        } else {
+            obj.stat
+        };
+        let mut nlink = stat.nlink;
         // As the kernel's overlayfs: counting subdirectories of a merged
         // directory is not worth it, and find(1) is happy with 1.
-        if node.obj.dir.as_ref().is_some_and(|d| d.layers.len() > 1) {
+        if obj.dir.as_ref().is_some_and(|d| d.layers.len() > 1) {
             nlink = 1;
         }
-        file_attr(node.ino, &node.obj.stat, nlink)
+        file_attr(node.ino, &stat, nlink)
     }
 
-    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<Option<FileAttr>> {
+    fn generation(node: &Node) -> Generation {
+        Generation(node.state().generation)
+    }
+
+    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<Option<(FileAttr, Generation)>> {
+        if name.len() > NAME_MAX {
+            return Err(Error::errno(
+                libc::ENAMETOOLONG,
+                "lookup",
+                name.to_string_lossy(),
+            ));
+        }
         let dir = self.node(parent, "lookup")?;
         let listing = dir.listing(&self.stack)?;
         let Some(child) = listing.get(name) else {
             return Ok(None);
         };
-        let Some(merged) = dir.obj.dir.as_ref() else {
-            return Err(Error::errno(libc::ENOTDIR, "lookup", &dir.obj.path));
+        let merged = dir.state().obj.dir.clone();
+        let Some(merged) = merged else {
+            return Err(Error::errno(
+                libc::ENOTDIR,
+                "lookup",
+                name.to_string_lossy(),
+            ));
         };
-        let obj = self.stack.resolve(merged, child)?;
-        let node = self.nodes.remember(dir.ino, obj)?;
-        Ok(Some(self.attr(&node)))
+        let obj = self.stack.resolve(&merged, child)?;
+        let node = self.nodes.remember(&self.stack, dir.ino, name, obj)?;
+        Ok(Some((self.attr(&node), Self::generation(&node))))
     }
 
     fn do_open(
@@ -109,26 +164,36 @@ impl LayerFs {
         reply: &ReplyOpen,
     ) -> Result<(u64, Option<Arc<BackingId>>)> {
         let node = self.node(ino, "open")?;
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            return Err(Error::errno(libc::EROFS, "open", &node.obj.path));
+        let access = flags.0 & libc::O_ACCMODE;
+        if access != libc::O_RDONLY {
+            if !self.stack.is_writable() {
+                return Err(Error::errno(libc::EROFS, "open", &node.state().obj.path));
+            }
+            let _w = self.lock_writes();
+            self.ensure_upper(&node)?;
         }
-        let layer = self.stack.layer(node.obj.layer);
-        let file = layer
-            .open_file(&node.obj.path)
-            .map_err(|e| Error::io(e, "open", layer_display(layer, &node.obj.path)))?;
-        let backing = if self.passthrough.load(Ordering::Relaxed) {
+        let obj = node.state().obj.clone();
+        let layer = self.stack.layer(obj.layer);
+        // O_APPEND is not passed on: the kernel sends the offset to write at.
+        let keep = libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
+        let fd = layer
+            .open_beneath(&obj.path, access | (flags.0 & keep) | libc::O_NOFOLLOW)
+            .map_err(|e| Error::io(e, "open", layer_display(layer, &obj.path)))?;
+        let file = File::from(fd);
+        let backing = if self.passthrough.load(Ordering::Relaxed) && !self.stack.is_writable() {
             self.backing_for(&node, &file, reply)
         } else {
             None
         };
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let file = file;
         self.handles.insert(
             fh,
-            Handle::File {
+            Handle::File(FileHandleState {
                 file,
+                layer: obj.layer,
+                ino: node.ino,
                 _backing: backing.clone(),
-            },
+            }),
         );
         Ok((fh, backing))
     }
@@ -155,21 +220,22 @@ impl LayerFs {
     }
 
     fn do_read(&self, fh: FileHandle, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let handle = self
-            .handles
-            .get(&fh.0)
-            .ok_or_else(|| Error::errno(libc::EBADF, "read", format!("handle {}", fh.0)))?;
-        let Handle::File { file, .. } = &*handle else {
+        let bad = || Error::errno(libc::EBADF, "read", format!("handle {}", fh.0));
+        let mut handle = self.handles.get_mut(&fh.0).ok_or_else(bad)?;
+        let Handle::File(h) = &mut *handle else {
             return Err(Error::errno(
                 libc::EISDIR,
                 "read",
                 format!("handle {}", fh.0),
             ));
         };
+        if h.layer != 0 && self.stack.is_writable() {
+            self.follow_copy_up(h)?;
+        }
         let mut buf = vec![0u8; size as usize];
         let mut filled = 0;
         while filled < buf.len() {
-            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            match h.file.read_at(&mut buf[filled..], offset + filled as u64) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -180,21 +246,41 @@ impl LayerFs {
         Ok(buf)
     }
 
+    /// A lower file copied up since the handle opened: read the copy.
+    fn follow_copy_up(&self, h: &mut FileHandleState) -> Result<()> {
+        let Some(node) = self.nodes.get(h.ino) else {
+            return Ok(());
+        };
+        let obj = node.state().obj.clone();
+        if obj.layer == h.layer {
+            return Ok(());
+        }
+        let layer = self.stack.layer(obj.layer);
+        h.file = layer
+            .open_file(&obj.path)
+            .map_err(|e| Error::io(e, "read", layer_display(layer, &obj.path)))?;
+        h.layer = obj.layer;
+        Ok(())
+    }
+
     fn check_access(&self, req: &Request, node: &Node, mask: AccessFlags) -> Result<()> {
-        let st = &node.obj.stat;
+        let (st, path, is_dir) = {
+            let s = node.state();
+            (s.obj.stat, s.obj.path.clone(), s.obj.kind == FileKind::Dir)
+        };
         let want = mask.bits() & (libc::R_OK | libc::W_OK | libc::X_OK);
-        if want & libc::W_OK != 0 {
-            return Err(Error::errno(libc::EROFS, "access", &node.obj.path));
+        if want & libc::W_OK != 0 && !self.stack.is_writable() {
+            return Err(Error::errno(libc::EROFS, "access", &path));
         }
         let mode = st.mode;
         let granted = if req.uid() == 0 {
-            // root may read anything, and execute what anyone may execute
-            let x = if node.is_dir() || mode & 0o111 != 0 {
+            // root may read and write anything, and execute what anyone may
+            let x = if is_dir || mode & 0o111 != 0 {
                 libc::X_OK
             } else {
                 0
             };
-            libc::R_OK | x
+            libc::R_OK | libc::W_OK | x
         } else {
             let bits = if req.uid() == st.uid {
                 mode >> 6
@@ -206,13 +292,20 @@ impl LayerFs {
             bits as i32
         };
         if want & !granted != 0 {
-            return Err(Error::errno(libc::EACCES, "access", &node.obj.path));
+            return Err(Error::errno(libc::EACCES, "access", &path));
         }
         Ok(())
     }
 
-    fn xattr_target(&self, ino: INodeNo, op: &'static str) -> Result<Arc<Node>> {
-        self.node(ino, op)
+    /// Where a node's data and xattrs live now.
+    fn location(
+        &self,
+        ino: INodeNo,
+        op: &'static str,
+    ) -> Result<(Arc<Node>, crate::union::Resolved)> {
+        let node = self.node(ino, op)?;
+        let obj = node.state().obj.clone();
+        Ok((node, obj))
     }
 }
 
@@ -317,7 +410,7 @@ impl Filesystem for LayerFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _span = tracing::debug_span!("lookup", parent = parent.0, ?name).entered();
         match self.do_lookup(parent, name) {
-            Ok(Some(attr)) => reply.entry(&LOWER_TTL, &attr, Generation(0)),
+            Ok(Some((attr, generation))) => reply.entry(&LOWER_TTL, &attr, generation),
             Ok(None) => reply.entry(&LOWER_TTL, &negative_entry(), Generation(0)),
             Err(e) => reply.error(errno_of(&e)),
         }
@@ -337,14 +430,14 @@ impl Filesystem for LayerFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let _span = tracing::debug_span!("readlink", ino = ino.0).entered();
-        let result = self.node(ino, "readlink").and_then(|node| {
-            if node.obj.kind != FileKind::Symlink {
-                return Err(Error::errno(libc::EINVAL, "readlink", &node.obj.path));
+        let result = self.location(ino, "readlink").and_then(|(_, obj)| {
+            if obj.kind != FileKind::Symlink {
+                return Err(Error::errno(libc::EINVAL, "readlink", &obj.path));
             }
-            let layer = self.stack.layer(node.obj.layer);
+            let layer = self.stack.layer(obj.layer);
             layer
-                .readlink(&node.obj.path)
-                .map_err(|e| Error::io(e, "readlink", layer_display(layer, &node.obj.path)))
+                .readlink(&obj.path)
+                .map_err(|e| Error::io(e, "readlink", layer_display(layer, &obj.path)))
         });
         match result {
             Ok(target) => reply.data(&target),
@@ -410,13 +503,16 @@ impl Filesystem for LayerFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Nothing of ours is ever dirty on a read-only mount.
-        reply.ok();
+        let _span = tracing::debug_span!("fsync", ino = ino.0, datasync).entered();
+        match self.do_fsync(fh, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno_of(&e)),
+        }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -457,7 +553,8 @@ impl Filesystem for LayerFs {
             return reply.error(Errno::ENOTDIR);
         };
         // Offsets: 1 after ".", 2 after "..", 3 after the first child...
-        let dots = [(node.ino, "."), (node.parent, "..")]
+        let parent = node.state().parent;
+        let dots = [(node.ino, "."), (parent, "..")]
             .map(|(ino, name)| (ino, FileType::Directory, OsStr::new(name)));
         let children = listing
             .entries
@@ -514,22 +611,22 @@ impl Filesystem for LayerFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _span = tracing::debug_span!("getxattr", ino = ino.0, ?name).entered();
-        let result = self.xattr_target(ino, "getxattr").and_then(|node| {
-            let layer = self.stack.layer(node.obj.layer);
+        let result = self.location(ino, "getxattr").and_then(|(_, obj)| {
+            let layer = self.stack.layer(obj.layer);
             layer
-                .get_xattr(&node.obj.path, node.is_dir(), name)
-                .map_err(|e| Error::io(e, "getxattr", layer_display(layer, &node.obj.path)))
+                .get_xattr(&obj.path, obj.kind == FileKind::Dir, name)
+                .map_err(|e| Error::io(e, "getxattr", layer_display(layer, &obj.path)))
         });
         reply_xattr(result, size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _span = tracing::debug_span!("listxattr", ino = ino.0).entered();
-        let result = self.xattr_target(ino, "listxattr").and_then(|node| {
-            let layer = self.stack.layer(node.obj.layer);
+        let result = self.location(ino, "listxattr").and_then(|(_, obj)| {
+            let layer = self.stack.layer(obj.layer);
             let names = layer
-                .list_xattrs(&node.obj.path, node.is_dir())
-                .map_err(|e| Error::io(e, "listxattr", layer_display(layer, &node.obj.path)))?;
+                .list_xattrs(&obj.path, obj.kind == FileKind::Dir)
+                .map_err(|e| Error::io(e, "listxattr", layer_display(layer, &obj.path)))?;
             let mut out = Vec::new();
             for n in names {
                 out.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(n.as_os_str()));
@@ -563,16 +660,230 @@ impl Filesystem for LayerFs {
         let Some(handle) = self.handles.get(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        let Handle::File { file, .. } = &*handle else {
+        let Handle::File(h) = &*handle else {
             return reply.error(Errno::EINVAL);
         };
         // SAFETY: a valid fd owned by the handle, which we hold.
-        let pos = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+        let pos = unsafe { libc::lseek(h.file.as_raw_fd(), offset, whence) };
         if pos < 0 {
             let err = std::io::Error::last_os_error();
             return reply.error(Errno::from_i32(err.raw_os_error().unwrap_or(libc::EIO)));
         }
         reply.offset(pos);
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let _span = tracing::debug_span!("mknod", parent = parent.0, ?name, mode).entered();
+        let rdev = decode_dev(rdev);
+        let obj = if mode & libc::S_IFMT == libc::S_IFREG {
+            NewObject::File
+        } else {
+            NewObject::Node { mode, rdev }
+        };
+        reply_entry(self.do_create(req, parent, name, obj, mode & 0o7777), reply);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let _span = tracing::debug_span!("mkdir", parent = parent.0, ?name, mode).entered();
+        reply_entry(
+            self.do_create(req, parent, name, NewObject::Dir, mode & 0o7777),
+            reply,
+        );
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let _span = tracing::debug_span!("symlink", parent = parent.0, ?link_name).entered();
+        let obj = NewObject::Symlink(target.as_os_str());
+        reply_entry(self.do_create(req, parent, link_name, obj, 0o777), reply);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let _span = tracing::debug_span!("create", parent = parent.0, ?name, mode, flags).entered();
+        let result = self
+            .do_create(req, parent, name, NewObject::File, mode & 0o7777)
+            .and_then(|(attr, generation)| {
+                let fh = self.open_created(attr.ino, flags)?;
+                Ok((attr, generation, fh))
+            });
+        match result {
+            Ok((attr, generation, fh)) => reply.created(
+                &LOWER_TTL,
+                &attr,
+                generation,
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = tracing::debug_span!("unlink", parent = parent.0, ?name).entered();
+        reply_empty(self.do_remove(parent, name, false), reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = tracing::debug_span!("rmdir", parent = parent.0, ?name).entered();
+        reply_empty(self.do_remove(parent, name, true), reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let _span = tracing::debug_span!(
+            "rename",
+            parent = parent.0,
+            ?name,
+            newparent = newparent.0,
+            ?newname
+        )
+        .entered();
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        reply_empty(
+            self.do_rename(parent, name, newparent, newname, flags.bits()),
+            reply,
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let _span =
+            tracing::debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname).entered();
+        reply_entry(self.do_link(ino, newparent, newname), reply);
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let _span =
+            tracing::debug_span!("setattr", ino = ino.0, ?mode, ?uid, ?gid, ?size).entered();
+        let change = AttrChange {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(write::time_spec),
+            mtime: mtime.map(write::time_spec),
+        };
+        match self.do_setattr(ino, &change, fh) {
+            Ok(attr) => reply.attr(&LOWER_TTL, &attr),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let _span = tracing::trace_span!("write", ino = ino.0, offset, len = data.len()).entered();
+        match self.do_write(fh, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let _span = tracing::debug_span!("fallocate", ino = ino.0, offset, length, mode).entered();
+        reply_empty(self.do_fallocate(fh, offset, length, mode), reply);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let _span = tracing::debug_span!("setxattr", ino = ino.0, ?name).entered();
+        reply_empty(self.do_write_xattr(ino, name, Some(value), flags), reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = tracing::debug_span!("removexattr", ino = ino.0, ?name).entered();
+        reply_empty(self.do_write_xattr(ino, name, None, 0), reply);
     }
 }
 
@@ -583,4 +894,25 @@ fn reply_xattr(result: Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
         Ok(_) => reply.error(Errno::ERANGE),
         Err(e) => reply.error(errno_of(&e)),
     }
+}
+
+fn reply_entry(result: Result<(FileAttr, Generation)>, reply: ReplyEntry) {
+    match result {
+        Ok((attr, generation)) => reply.entry(&LOWER_TTL, &attr, generation),
+        Err(e) => reply.error(errno_of(&e)),
+    }
+}
+
+fn reply_empty(result: Result<()>, reply: ReplyEmpty) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno_of(&e)),
+    }
+}
+
+/// The dev_t FUSE carries in 32 bits (new_encode_dev), decoded.
+fn decode_dev(dev: u32) -> u64 {
+    let major = (dev & 0xfff00) >> 8;
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    libc::makedev(major, minor)
 }

@@ -22,6 +22,8 @@ pub struct MountConfig {
     pub threads: usize,
     /// Generic mount flags as given (`nosuid`, `noexec`, `noatime`...).
     pub flags: Vec<String>,
+    /// Mounted read-write (there is an upper layer).
+    pub writable: bool,
 }
 
 /// A live mount whose requests are not served yet.
@@ -64,7 +66,11 @@ pub fn mount(fs: LayerFs, cfg: &MountConfig, root_mode: u32) -> io::Result<Mount
         config.mount_options = vec![
             MountOption::FSName(cfg.source.clone()),
             MountOption::Subtype("layerfs".to_string()),
-            MountOption::RO,
+            if cfg.writable {
+                MountOption::RW
+            } else {
+                MountOption::RO
+            },
             MountOption::DefaultPermissions,
         ];
         Session::new(fs, &cfg.mountpoint, &config)?
@@ -97,10 +103,12 @@ fn mount_fuse(cfg: &MountConfig, root_mode: u32) -> io::Result<OwnedFd> {
     }
     // Read-only; and a container image needs its setuid binaries and
     // device nodes, so neither nosuid nor nodev unless asked for.
-    let flags = cfg
-        .flags
-        .iter()
-        .fold(MsFlags::MS_RDONLY, |acc, f| apply_flag(acc, f));
+    let base = if cfg.writable {
+        MsFlags::empty()
+    } else {
+        MsFlags::MS_RDONLY
+    };
+    let flags = cfg.flags.iter().fold(base, |acc, f| apply_flag(acc, f));
     nix::mount::mount(
         Some(cfg.source.as_str()),
         &cfg.mountpoint,

@@ -1,62 +1,135 @@
 //! The inode table: every object the kernel holds a reference to, keyed by
 //! its union inode number, with the kernel's lookup count.
 
+use std::ffi::OsString;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Weak};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use fuser::BackingId;
 
 use crate::error::{Error, Result};
-use crate::layers::FileKind;
+use crate::layers::{FileKind, RelPath};
 use crate::union::{LayerStack, Listing, Resolved};
+
+/// Where a node is and what it is; changes with copy-up and rename.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    /// The directory it was found in (`..` of a directory).
+    pub parent: u64,
+    pub name: OsString,
+    pub obj: Resolved,
+    /// Bumped when a new object takes over a reused inode number, so the
+    /// kernel drops what it cached of the old one.
+    pub generation: u64,
+    /// Other names of a hard-linked upper file made through the mount
+    /// (parent inode, name, union path): where the node moves when the
+    /// name it knows is removed.
+    pub aliases: Vec<(u64, OsString, RelPath)>,
+}
 
 /// One object known to the kernel.
 #[derive(Debug)]
 pub struct Node {
     pub ino: u64,
-    /// The inode number of the directory it was first found in (`..`).
-    pub parent: u64,
-    pub obj: Resolved,
-    /// The merged listing of a directory, read on first use.
-    listing: OnceLock<Arc<Listing>>,
+    state: RwLock<NodeState>,
+    /// The merged listing of a directory, read on first use and kept in
+    /// step with every change made through the mount.
+    listing: Mutex<Option<Arc<Listing>>>,
     lookups: AtomicU64,
     /// The kernel wants one backing id per inode while any passthrough
     /// handle to it is open; handles hold the strong references.
     pub backing: Mutex<Weak<BackingId>>,
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Node {
-    pub fn new(parent: u64, obj: Resolved) -> Node {
+    pub fn new(state: NodeState) -> Node {
         Node {
-            ino: obj.ino,
-            parent,
-            obj,
-            listing: OnceLock::new(),
+            ino: state.obj.ino,
+            state: RwLock::new(state),
+            listing: Mutex::new(None),
             lookups: AtomicU64::new(0),
             backing: Mutex::new(Weak::new()),
         }
     }
 
+    pub fn state(&self) -> RwLockReadGuard<'_, NodeState> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut NodeState)) {
+        let mut s = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        f(&mut s);
+    }
+
     pub fn is_dir(&self) -> bool {
-        self.obj.kind == FileKind::Dir
+        self.state().obj.kind == FileKind::Dir
     }
 
     /// The merged listing of this directory (ENOTDIR for anything else).
     pub fn listing(&self, stack: &LayerStack) -> Result<Arc<Listing>> {
-        if let Some(l) = self.listing.get() {
+        let mut slot = lock(&self.listing);
+        self.load(stack, &mut slot)
+    }
+
+    fn load(&self, stack: &LayerStack, slot: &mut Option<Arc<Listing>>) -> Result<Arc<Listing>> {
+        if let Some(l) = slot {
             return Ok(l.clone());
         }
-        let dir = self
+        let state = self.state();
+        let dir = state
             .obj
             .dir
             .as_ref()
-            .ok_or_else(|| Error::errno(libc::ENOTDIR, "readdir", &self.obj.path))?;
+            .ok_or_else(|| Error::errno(libc::ENOTDIR, "readdir", &state.obj.path))?;
         let listing = Arc::new(stack.read_dir(dir)?);
-        // Two threads may read at once; both results are equal, keep one.
-        Ok(self.listing.get_or_init(|| listing).clone())
+        *slot = Some(listing.clone());
+        Ok(listing)
     }
+
+    /// Change the listing; open directory handles keep the copy they have.
+    pub fn edit_listing<T>(
+        &self,
+        stack: &LayerStack,
+        f: impl FnOnce(&mut Listing) -> Result<T>,
+    ) -> Result<T> {
+        let mut slot = lock(&self.listing);
+        self.load(stack, &mut slot)?;
+        let arc = slot
+            .as_mut()
+            .ok_or_else(|| Error::errno(libc::EIO, "readdir", "listing"))?;
+        f(Arc::make_mut(arc))
+    }
+
+    /// Two listings at once (a rename across directories). Callers hold
+    /// the mount's write lock, so the lock order cannot deadlock.
+    pub fn edit_two_listings<T>(
+        &self,
+        other: &Node,
+        stack: &LayerStack,
+        f: impl FnOnce(&mut Listing, &mut Listing) -> Result<T>,
+    ) -> Result<T> {
+        let mut a = lock(&self.listing);
+        let mut b = lock(&other.listing);
+        self.load(stack, &mut a)?;
+        other.load(stack, &mut b)?;
+        let (Some(la), Some(lb)) = (a.as_mut(), b.as_mut()) else {
+            return Err(Error::errno(libc::EIO, "readdir", "listing"));
+        };
+        f(Arc::make_mut(la), Arc::make_mut(lb))
+    }
+}
+
+/// Whether `obj` is still where it was found.
+fn still_there(stack: &LayerStack, obj: &Resolved) -> bool {
+    stack
+        .restat(obj)
+        .is_ok_and(|st| st.ino == obj.stat.ino && st.dev == obj.stat.dev)
 }
 
 #[derive(Debug, Default)]
@@ -75,32 +148,96 @@ impl NodeTable {
         self.nodes.insert(node.ino, Arc::new(node));
     }
 
-    /// Count one kernel lookup of `obj`, creating its node if new. Names of
-    /// one hard-linked file resolve to the same node.
-    pub fn remember(&self, parent: u64, obj: Resolved) -> Result<Arc<Node>> {
+    /// Count one kernel lookup of an existing object, creating its node if
+    /// new. Names of one hard-linked file resolve to the same node.
+    pub fn remember(
+        &self,
+        stack: &LayerStack,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        obj: Resolved,
+    ) -> Result<Arc<Node>> {
         // Count changes happen under the shard lock, so a concurrent forget
         // cannot drop a node a lookup is about to return.
         match self.nodes.entry(obj.ino) {
             Entry::Occupied(o) => {
                 let node = o.get();
-                if node.obj.kind != obj.kind || node.obj.stat.ino != obj.stat.ino {
-                    return Err(Error::new(
-                        libc::EIO,
-                        "lookup",
-                        &obj.path,
-                        "inode number collision between two objects",
-                    ));
+                let same = {
+                    let s = node.state();
+                    s.obj.kind == obj.kind && s.obj.stat.ino == obj.stat.ino
+                };
+                if !same {
+                    // A reused inode number: the old object is gone.
+                    drop(o);
+                    return Ok(self.insert_new(parent, name, obj));
+                }
+                // Another name of a hard-linked file: if the name the node
+                // knows is gone (unlinked, renamed over), take this one.
+                let known = node.state().obj.clone();
+                if known.path != obj.path && !still_there(stack, &known) {
+                    node.update(|s| {
+                        s.parent = parent;
+                        s.name = name.to_os_string();
+                        s.obj = obj;
+                    });
                 }
                 node.lookups.fetch_add(1, Ordering::Relaxed);
                 Ok(node.clone())
             }
             Entry::Vacant(v) => {
-                let node = Arc::new(Node::new(parent, obj));
+                let node = Arc::new(Node::new(NodeState {
+                    parent,
+                    name: name.to_os_string(),
+                    obj,
+                    generation: 0,
+                    aliases: Vec::new(),
+                }));
                 node.lookups.store(1, Ordering::Relaxed);
                 v.insert(node.clone());
                 Ok(node)
             }
         }
+    }
+
+    /// Count one kernel reference to an object just created. Its inode
+    /// number may be one the filesystem reused while the kernel still holds
+    /// the old object: the node then takes the new object with a new
+    /// generation, and the kernel forgets the old inode.
+    pub fn insert_new(&self, parent: u64, name: &std::ffi::OsStr, obj: Resolved) -> Arc<Node> {
+        match self.nodes.entry(obj.ino) {
+            Entry::Occupied(mut o) => {
+                let old = o.get();
+                let generation = old.state().generation + 1;
+                let node = Arc::new(Node::new(NodeState {
+                    parent,
+                    name: name.to_os_string(),
+                    obj,
+                    generation,
+                    aliases: Vec::new(),
+                }));
+                node.lookups
+                    .store(old.lookups.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                o.insert(node.clone());
+                node
+            }
+            Entry::Vacant(v) => {
+                let node = Arc::new(Node::new(NodeState {
+                    parent,
+                    name: name.to_os_string(),
+                    obj,
+                    generation: 0,
+                    aliases: Vec::new(),
+                }));
+                node.lookups.store(1, Ordering::Relaxed);
+                v.insert(node.clone());
+                node
+            }
+        }
+    }
+
+    /// One more kernel reference to a node (link(2) returns an existing one).
+    pub fn count_lookup(&self, node: &Node) {
+        node.lookups.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The kernel dropped `n` references.
@@ -112,6 +249,35 @@ impl NodeTable {
             if after == 0 {
                 o.remove();
             }
+        }
+    }
+
+    /// After directories moved from `old` to `new` in the union (the
+    /// directory nodes themselves, given by inode, are done already), every
+    /// node below them. Paths in lower layers do not move.
+    pub fn rebase_below(&self, moves: &[(RelPath, RelPath, u64)]) {
+        if moves.is_empty() {
+            return;
+        }
+        for entry in self.nodes.iter() {
+            if moves.iter().any(|m| m.2 == *entry.key()) {
+                continue;
+            }
+            entry.value().update(|s| {
+                let moved = moves
+                    .iter()
+                    .filter(|(old, _, _)| s.obj.upath != *old)
+                    .find_map(|(old, new, _)| s.obj.upath.rebase(old, new));
+                if let Some(p) = moved {
+                    if s.obj.layer == 0 {
+                        s.obj.path = p.clone();
+                    }
+                    if let Some(d) = s.obj.dir.as_mut() {
+                        d.path = p.clone();
+                    }
+                    s.obj.upath = p;
+                }
+            });
         }
     }
 

@@ -3,6 +3,7 @@
 //! nowhere else. No FUSE types.
 
 mod sys;
+pub mod upper;
 pub mod whiteout;
 
 use std::ffi::{CStr, CString, OsStr, OsString};
@@ -12,6 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 pub use sys::Stat;
+pub use upper::{NewObject, Upper, WhiteoutFormat};
 pub use whiteout::{DirMarks, FileKind, RawKind};
 
 /// A path inside a layer, relative to its root, without a leading slash.
@@ -58,6 +60,46 @@ impl RelPath {
             None if self.is_root() => (RelPath::root(), OsStr::from_bytes(b".")),
             None => (RelPath::root(), OsStr::from_bytes(bytes)),
         }
+    }
+
+    /// A path from its bytes (`a/b/c`; empty for the root). None when a
+    /// component is empty, `.` or `..`, or it holds a NUL.
+    pub fn from_bytes(bytes: &[u8]) -> Option<RelPath> {
+        let trimmed = bytes.strip_suffix(b"/").unwrap_or(bytes);
+        if trimmed.is_empty() {
+            return Some(RelPath::root());
+        }
+        let ok = trimmed
+            .split(|&b| b == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b"..");
+        if !ok {
+            return None;
+        }
+        CString::new(trimmed).ok().map(RelPath)
+    }
+
+    /// This path moved from below `old` to below `new`: the new path, or
+    /// None when it is not below (or at) `old`.
+    pub fn rebase(&self, old: &RelPath, new: &RelPath) -> Option<RelPath> {
+        let (me, old_b) = (self.0.as_bytes(), old.0.as_bytes());
+        if old.is_root() {
+            return None;
+        }
+        let rest = me.strip_prefix(old_b)?;
+        if !(rest.is_empty() || rest.starts_with(b"/")) {
+            return None;
+        }
+        let mut bytes = if new.is_root() {
+            rest.strip_prefix(b"/").unwrap_or(rest).to_vec()
+        } else {
+            let mut b = new.0.as_bytes().to_vec();
+            b.extend_from_slice(rest);
+            b
+        };
+        if bytes.is_empty() {
+            bytes = b".".to_vec();
+        }
+        CString::new(bytes).ok().map(RelPath)
     }
 
     pub fn as_c_str(&self) -> &CStr {
@@ -141,6 +183,11 @@ impl Layer {
         sys::openat_beneath(self.root.as_fd(), rel.as_c_str(), flags)
     }
 
+    /// An upper-layer directory, opened for *at calls.
+    pub fn open_dir(&self, rel: &RelPath) -> io::Result<OwnedFd> {
+        self.open_beneath(rel, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+    }
+
     /// lstat of `rel`, resolved safely.
     pub fn stat(&self, rel: &RelPath) -> io::Result<Stat> {
         let fd = self.open_beneath(rel, libc::O_PATH | libc::O_NOFOLLOW)?;
@@ -190,6 +237,32 @@ impl Layer {
             }
         }
         Ok(RawDir { marks, entries })
+    }
+
+    /// The redirect a renamed directory carries (`trusted.overlay.redirect`
+    /// or `user.overlay.redirect`): where its lower content lives.
+    pub fn redirect(&self, rel: &RelPath) -> io::Result<Option<Vec<u8>>> {
+        let fd = self.open_dir(rel)?;
+        whiteout::redirect(fd.as_fd())
+    }
+
+    /// What a lookup of `rel` finds here: Some(true) a directory,
+    /// Some(false) a whiteout or a non-directory (the merge stops), None
+    /// nothing.
+    pub fn lookup_dir(&self, rel: &RelPath) -> Option<bool> {
+        let (parent, name) = rel.split();
+        let pfd = self
+            .open_beneath(&parent, libc::O_PATH | libc::O_DIRECTORY)
+            .ok()?;
+        let cname = CString::new(name.as_bytes()).ok()?;
+        let mut wh = whiteout::OCI_WHITEOUT_PREFIX.to_vec();
+        wh.extend_from_slice(name.as_bytes());
+        let wh = CString::new(wh).ok()?;
+        if sys::fstatat_nofollow(pfd.as_fd(), &wh).is_ok() {
+            return Some(false);
+        }
+        let st = sys::fstatat_nofollow(pfd.as_fd(), &cname).ok()?;
+        Some(st.is_dir())
     }
 
     /// The xattrs of `rel` that a user may see (overlay's own are hidden).
@@ -261,5 +334,10 @@ mod tests {
         assert!(root.join(OsStr::new("x/y")).is_err());
         assert!(root.join(OsStr::new("..")).is_err());
         assert!(root.join(OsStr::new("")).is_err());
+        let moved = b.rebase(&a, &root.join(OsStr::new("z")).unwrap()).unwrap();
+        assert_eq!(moved.as_os_str(), "z/b c");
+        assert!(b.rebase(&root.join(OsStr::new("b")).unwrap(), &a).is_none());
+        let ab = root.join(OsStr::new("ab")).unwrap();
+        assert!(ab.rebase(&a, &root).is_none(), "a is not a prefix of ab");
     }
 }

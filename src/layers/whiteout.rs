@@ -80,6 +80,18 @@ pub enum Classified {
     Object(FileKind),
 }
 
+const REDIRECT_XATTRS: [&CStr; 2] = [c"trusted.overlay.redirect", c"user.overlay.redirect"];
+
+/// The redirect of a directory, if it has one.
+pub fn redirect(dir: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
+    for name in REDIRECT_XATTRS {
+        if let Some(v) = sys::fget_xattr_opt(dir, name)? {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
+
 /// Read a directory's own marks from its xattrs.
 pub fn dir_marks(dir: BorrowedFd<'_>) -> io::Result<DirMarks> {
     let mut marks = DirMarks::default();

@@ -4,6 +4,7 @@
 //! it can be tested without a mount.
 
 mod inos;
+mod write;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -11,18 +12,21 @@ use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
 pub use inos::InoMap;
+pub use write::{AttrChange, UpperSpec};
 
 use crate::error::{Error, Result};
-use crate::layers::{FileKind, Layer, RawKind, RelPath, Stat};
+use crate::layers::{FileKind, Layer, RawKind, RelPath, Stat, Upper};
 
 /// Index of a layer in the stack; 0 is the top.
 pub type LayerIdx = u32;
 
-/// The layers of one mount, top first.
+/// The layers of one mount, top first. With a writable upper layer, it is
+/// layer 0 and `upper` holds its work directory.
 #[derive(Debug)]
 pub struct LayerStack {
     layers: Vec<Layer>,
     inos: InoMap,
+    upper: Option<Upper>,
 }
 
 /// A directory as the union sees it: its path and the layers, top first,
@@ -31,8 +35,23 @@ pub struct LayerStack {
 /// the directory is read).
 #[derive(Debug, Clone)]
 pub struct MergedDir {
+    /// Its path in the union, which is its path in the upper layer.
     pub path: RelPath,
+    /// Its path in the lower layers: different once a renamed directory
+    /// carries a redirect.
+    pub lower_path: RelPath,
     pub layers: Vec<LayerIdx>,
+}
+
+impl MergedDir {
+    /// Where this directory lives in `layer`.
+    pub fn path_in(&self, layer: LayerIdx, has_upper: bool) -> &RelPath {
+        if layer == 0 && has_upper {
+            &self.path
+        } else {
+            &self.lower_path
+        }
+    }
 }
 
 /// One visible entry of a merged directory.
@@ -46,19 +65,58 @@ pub struct Child {
     pub ino: u64,
     /// For a directory: every layer whose directory merges into it.
     pub dir_layers: Vec<LayerIdx>,
+    /// The name exists below the upper layer (as the first thing found
+    /// there, not a whiteout): removing it from the upper needs a whiteout.
+    pub lower: bool,
 }
 
 /// The merged content of one directory, read once: lower layers never
 /// change while mounted, so it stays valid for the life of the mount.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Listing {
     pub entries: Vec<Child>,
     by_name: HashMap<OsString, usize>,
+    /// Names whited out in the upper layer, with whether the name exists
+    /// below (so a new object there must keep hiding it when removed).
+    upper_whiteouts: HashMap<OsString, bool>,
+    /// Some lower layer's directory shows through (after opaque marks):
+    /// once the directory is in the upper it is of the kernel's "merge"
+    /// type, in which new directories are made opaque.
+    pub has_lower: bool,
 }
 
 impl Listing {
     pub fn get(&self, name: &OsStr) -> Option<&Child> {
         self.by_name.get(name).map(|&i| &self.entries[i])
+    }
+
+    fn get_mut(&mut self, name: &OsStr) -> Option<&mut Child> {
+        self.by_name.get(name).map(|&i| &mut self.entries[i])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Add or replace an entry.
+    fn upsert(&mut self, child: Child) {
+        match self.by_name.get(&child.name) {
+            Some(&i) => self.entries[i] = child,
+            None => {
+                self.by_name.insert(child.name.clone(), self.entries.len());
+                self.entries.push(child);
+            }
+        }
+    }
+
+    /// Drop an entry (the order of the others may change).
+    fn remove(&mut self, name: &OsStr) -> Option<Child> {
+        let i = self.by_name.remove(name)?;
+        let child = self.entries.swap_remove(i);
+        if let Some(moved) = self.entries.get(i) {
+            self.by_name.insert(moved.name.clone(), i);
+        }
+        Some(child)
     }
 }
 
@@ -68,7 +126,10 @@ pub struct Resolved {
     pub ino: u64,
     pub kind: FileKind,
     pub layer: LayerIdx,
+    /// Where it is in `layer`.
     pub path: RelPath,
+    /// Where it is in the union (and so where a copy-up puts it).
+    pub upath: RelPath,
     pub stat: Stat,
     /// Set for directories.
     pub dir: Option<MergedDir>,
@@ -102,7 +163,26 @@ impl LayerStack {
             })
             .collect::<Result<Vec<_>>>()?;
         let inos = InoMap::new(layers.iter().map(Layer::dev));
-        Ok(LayerStack { layers, inos })
+        Ok(LayerStack {
+            layers,
+            inos,
+            upper: None,
+        })
+    }
+
+    /// Open a writable stack: `spec.upper` becomes layer 0 above `lowers`.
+    pub fn open_writable(lowers: &[impl AsRef<Path>], spec: &UpperSpec) -> Result<LayerStack> {
+        let mut paths: Vec<&Path> = vec![spec.upper.as_path()];
+        paths.extend(lowers.iter().map(AsRef::as_ref));
+        let mut stack = LayerStack::open(&paths)?;
+        let upper = Upper::open(&spec.work, spec.format, spec.userxattr, spec.durable)
+            .map_err(|e| Error::io(e, "open work dir", spec.work.display()))?;
+        stack.upper = Some(upper);
+        Ok(stack)
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.upper.is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -134,9 +214,11 @@ impl LayerStack {
             kind: FileKind::Dir,
             layer: 0,
             path: path.clone(),
+            upath: path.clone(),
             stat,
             dir: Some(MergedDir {
-                path,
+                path: path.clone(),
+                lower_path: path,
                 layers: (0..self.layers.len() as LayerIdx).collect(),
             }),
         })
@@ -146,17 +228,32 @@ impl LayerStack {
     pub fn read_dir(&self, dir: &MergedDir) -> Result<Listing> {
         let mut listing = Listing::default();
         let mut slots: HashMap<OsString, Slot> = HashMap::new();
+        // Names settled below the upper layer: the first lower layer that
+        // holds a name decides whether it exists below.
+        let mut settled_below: std::collections::HashSet<OsString> = Default::default();
+        let upper_idx = self.upper.as_ref().map(|_| 0);
+        let mut lower_parts = 0;
         for &layer_idx in &dir.layers {
+            let below_upper = upper_idx.is_some() && layer_idx > 0;
             let layer = self.layer(layer_idx);
+            let at = dir.path_in(layer_idx, upper_idx.is_some());
             let raw = layer
-                .read_dir(&dir.path)
-                .map_err(|e| Error::io(e, "readdir", layer_display(layer, &dir.path)))?;
+                .read_dir(at)
+                .map_err(|e| Error::io(e, "readdir", layer_display(layer, at)))?;
             // Objects first: a whiteout hides names in lower layers only,
             // never an object of its own layer (OCI allows both in one).
             for entry in raw.entries.iter() {
                 let RawKind::Object(kind) = entry.kind else {
                     continue;
                 };
+                if below_upper && settled_below.insert(entry.name.clone()) {
+                    if let Some(Slot::Shown { index, .. }) = slots.get(&entry.name) {
+                        listing.entries[*index].lower = true;
+                    }
+                    if let Some(pos) = listing.upper_whiteouts.get_mut(&entry.name) {
+                        *pos = true;
+                    }
+                }
                 match slots.entry(entry.name.clone()) {
                     Entry::Vacant(v) => {
                         let is_dir = kind == FileKind::Dir;
@@ -170,6 +267,7 @@ impl LayerStack {
                             layer: layer_idx,
                             ino: self.inos.map(layer_idx, entry.ino),
                             dir_layers: if is_dir { vec![layer_idx] } else { Vec::new() },
+                            lower: below_upper,
                         });
                     }
                     Entry::Occupied(mut o) => {
@@ -190,6 +288,11 @@ impl LayerStack {
                 if entry.kind != RawKind::Whiteout {
                     continue;
                 }
+                if upper_idx == Some(layer_idx) {
+                    listing.upper_whiteouts.insert(entry.name.clone(), false);
+                } else if below_upper {
+                    settled_below.insert(entry.name.clone());
+                }
                 match slots.entry(entry.name.clone()) {
                     Entry::Vacant(v) => {
                         v.insert(Slot::Hidden);
@@ -201,10 +304,14 @@ impl LayerStack {
                     }
                 }
             }
+            if layer_idx > 0 || upper_idx.is_none() {
+                lower_parts += 1;
+            }
             if raw.marks.opaque && !dir.path.is_root() {
                 break;
             }
         }
+        listing.has_lower = lower_parts > 0;
         listing.by_name = listing
             .entries
             .iter()
@@ -217,10 +324,12 @@ impl LayerStack {
     /// Resolve `child` (an entry of a listing of `parent`) to what its
     /// topmost layer holds.
     pub fn resolve(&self, parent: &MergedDir, child: &Child) -> Result<Resolved> {
-        let path = parent
-            .path
-            .join(&child.name)
-            .map_err(|e| Error::io(e, "lookup", parent.path.to_string()))?;
+        let join = |base: &RelPath| {
+            base.join(&child.name)
+                .map_err(|e| Error::io(e, "lookup", base.to_string()))
+        };
+        let upath = join(&parent.path)?;
+        let path = join(parent.path_in(child.layer, self.upper.is_some()))?;
         let layer = self.layer(child.layer);
         let stat = layer
             .stat(&path)
@@ -243,17 +352,79 @@ impl LayerStack {
                 "file type changed in a read-only layer",
             ));
         }
-        let dir = (kind == FileKind::Dir).then(|| MergedDir {
-            path: path.clone(),
-            layers: child.dir_layers.clone(),
-        });
+        let dir = if kind == FileKind::Dir {
+            Some(self.child_dir(parent, child, &upath)?)
+        } else {
+            None
+        };
         Ok(Resolved {
-            ino: self.inos.map(child.layer, stat.ino),
+            // The listing's number: the same one readdir reports, and the
+            // one a copied-up object keeps.
+            ino: child.ino,
             kind,
             layer: child.layer,
             path,
+            upath,
             stat,
             dir,
+        })
+    }
+
+    /// The layers merging into the child directory `child` of `parent`: by
+    /// name, or where the upper directory's redirect points.
+    pub fn child_dir(
+        &self,
+        parent: &MergedDir,
+        child: &Child,
+        upath: &RelPath,
+    ) -> Result<MergedDir> {
+        let by_name = MergedDir {
+            path: upath.clone(),
+            lower_path: parent
+                .lower_path
+                .join(&child.name)
+                .map_err(|e| Error::io(e, "lookup", parent.lower_path.to_string()))?,
+            layers: child.dir_layers.clone(),
+        };
+        if child.layer != 0 || self.upper.is_none() {
+            return Ok(by_name);
+        }
+        let upper = self.layer(0);
+        let redirect = upper
+            .redirect(upath)
+            .map_err(|e| Error::io(e, "lookup", layer_display(upper, upath)))?;
+        let Some(target) = redirect else {
+            return Ok(by_name);
+        };
+        let lower_path = match target.strip_prefix(b"/") {
+            Some(abs) => RelPath::from_bytes(abs),
+            None => RelPath::from_bytes(&target).and_then(|_| {
+                parent
+                    .lower_path
+                    .join(std::os::unix::ffi::OsStrExt::from_bytes(&target))
+                    .ok()
+            }),
+        }
+        .ok_or_else(|| {
+            Error::new(
+                libc::EIO,
+                "lookup",
+                layer_display(upper, upath),
+                "bad redirect",
+            )
+        })?;
+        let mut layers = vec![0];
+        for idx in 1..self.layers.len() as LayerIdx {
+            match self.layer(idx).lookup_dir(&lower_path) {
+                Some(true) => layers.push(idx),
+                Some(false) => break, // a whiteout or a non-directory ends it
+                None => {}
+            }
+        }
+        Ok(MergedDir {
+            path: upath.clone(),
+            lower_path,
+            layers,
         })
     }
 }

@@ -1,0 +1,453 @@
+//! The mutating requests: what each needs copied up first, which nodes and
+//! listings change, and what the kernel is answered. The rules themselves
+//! (whiteouts, opaque directories, where data goes) are `union::write`'s.
+
+use std::ffi::OsStr;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, MutexGuard, PoisonError};
+
+use fuser::{FileAttr, FileHandle, Generation, INodeNo, Request, TimeOrNow};
+
+use super::{Handle, LayerFs, Node};
+use crate::error::{Error, Result};
+use crate::layers::{FileKind, NewObject};
+use crate::union::{AttrChange, Resolved};
+
+impl LayerFs {
+    pub(super) fn lock_writes(&self) -> MutexGuard<'_, ()> {
+        self.write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn writable(&self, op: &'static str, node: &Node) -> Result<()> {
+        if self.stack.is_writable() {
+            Ok(())
+        } else {
+            Err(Error::errno(libc::EROFS, op, &node.state().obj.path))
+        }
+    }
+
+    /// Copy `node` and every directory above it into the upper layer.
+    /// Callers hold the write lock.
+    pub(super) fn ensure_upper(&self, node: &Arc<Node>) -> Result<()> {
+        let (layer, parent_ino, obj) = {
+            let s = node.state();
+            (s.obj.layer, s.parent, s.obj.clone())
+        };
+        if layer == 0 {
+            return Ok(());
+        }
+        let parent = self
+            .nodes
+            .get(parent_ino)
+            .ok_or_else(|| Error::new(libc::EIO, "copy up", &obj.path, "parent no longer known"))?;
+        self.ensure_upper(&parent)?;
+        let copied = parent.edit_listing(&self.stack, |l| self.stack.copy_up(&obj, l))?;
+        node.update(|s| s.obj = copied);
+        Ok(())
+    }
+
+    /// Owner and permission bits of a new object, as the kernel's
+    /// overlayfs gives them: the caller's ids, the group of a setgid
+    /// parent (whose directories inherit the bit).
+    fn new_owner(req: &Request, parent: &Resolved, kind: FileKind, perm: u32) -> (u32, u32, u32) {
+        let setgid_parent = parent.stat.mode & libc::S_ISGID != 0;
+        let gid = if setgid_parent {
+            parent.stat.gid
+        } else {
+            req.gid()
+        };
+        let perm = if setgid_parent && kind == FileKind::Dir {
+            perm | libc::S_ISGID
+        } else {
+            perm
+        };
+        (req.uid(), gid, perm & 0o7777)
+    }
+
+    /// create, mkdir, mknod, symlink.
+    pub(super) fn do_create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        obj: NewObject<'_>,
+        perm: u32,
+    ) -> Result<(FileAttr, Generation)> {
+        let dir = self.node(parent, "create")?;
+        self.writable("create", &dir)?;
+        let _w = self.lock_writes();
+        // Refuse before copying anything up.
+        if dir.listing(&self.stack)?.get(name).is_some() {
+            return Err(Error::errno(libc::EEXIST, "create", name.to_string_lossy()));
+        }
+        self.ensure_upper(&dir)?;
+        let parent_obj = dir.state().obj.clone();
+        let kind = match &obj {
+            NewObject::File => FileKind::Regular,
+            NewObject::Dir => FileKind::Dir,
+            NewObject::Symlink(_) => FileKind::Symlink,
+            NewObject::Node { mode, .. } => FileKind::from_mode(*mode).unwrap_or(FileKind::Regular),
+        };
+        let (uid, gid, perm) = Self::new_owner(req, &parent_obj, kind, perm);
+        let created = dir.edit_listing(&self.stack, |l| {
+            self.stack.create(&parent_obj, l, name, obj, perm, uid, gid)
+        })?;
+        let node = self.nodes.insert_new(dir.ino, name, created);
+        Ok((self.attr(&node), Self::generation(&node)))
+    }
+
+    pub(super) fn do_remove(&self, parent: INodeNo, name: &OsStr, want_dir: bool) -> Result<()> {
+        let op = if want_dir { "rmdir" } else { "unlink" };
+        let dir = self.node(parent, op)?;
+        self.writable(op, &dir)?;
+        let _w = self.lock_writes();
+        // Refuse before copying anything up.
+        let parent_obj = dir.state().obj.clone();
+        let listing = dir.listing(&self.stack)?;
+        self.stack
+            .check_remove(&parent_obj, &listing, name, want_dir)?;
+        self.ensure_upper(&dir)?;
+        let parent_obj = dir.state().obj.clone();
+        let gone = listing.get(name).map(|c| c.ino);
+        dir.edit_listing(&self.stack, |l| {
+            self.stack.remove(&parent_obj, l, name, want_dir)
+        })?;
+        if let Some(ino) = gone {
+            self.name_removed(ino, &parent_obj, name);
+        }
+        Ok(())
+    }
+
+    /// The name `parent/name` of node `ino` is gone: a hard-linked node
+    /// moves to another of its names, so it stays reachable.
+    fn name_removed(&self, ino: u64, parent: &Resolved, name: &OsStr) {
+        let (Some(node), Ok(path)) = (self.nodes.get(ino), parent.upath.join(name)) else {
+            return;
+        };
+        node.update(|s| {
+            s.aliases.retain(|a| a.2 != path);
+            if s.obj.upath == path
+                && let Some((p, n, alias)) = s.aliases.pop()
+            {
+                s.parent = p;
+                s.name = n;
+                s.obj.path = alias.clone();
+                s.obj.upath = alias;
+            }
+        });
+    }
+
+    pub(super) fn do_rename(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        let src_dir = self.node(parent, "rename")?;
+        let dst_dir = self.node(newparent, "rename")?;
+        self.writable("rename", &src_dir)?;
+        let _w = self.lock_writes();
+        self.ensure_upper(&src_dir)?;
+        self.ensure_upper(&dst_dir)?;
+        // The objects moved must be in the upper: copy them up through
+        // their nodes, looking them up if the kernel has not.
+        let src = self.child_node(&src_dir, name)?;
+        let src =
+            src.ok_or_else(|| Error::errno(libc::ENOENT, "rename", name.to_string_lossy()))?;
+        let target = self.child_node(&dst_dir, newname)?;
+        let replaced = target.as_ref().map(|t| t.ino);
+        // (A directory is copied up alone: its content stays below and is
+        // found again through the redirect the rename records.)
+        self.ensure_upper(&src)?;
+        if flags & libc::RENAME_EXCHANGE != 0
+            && let Some(t) = &target
+        {
+            self.ensure_upper(t)?;
+        }
+        let (sp, dp) = (src_dir.state().obj.clone(), dst_dir.state().obj.clone());
+        if src_dir.ino == dst_dir.ino {
+            src_dir.edit_listing(&self.stack, |l| {
+                self.stack.rename(&sp, l, name, &dp, None, newname, flags)
+            })?;
+        } else {
+            src_dir.edit_two_listings(&dst_dir, &self.stack, |ls, ld| {
+                self.stack
+                    .rename(&sp, ls, name, &dp, Some(ld), newname, flags)
+            })?;
+        }
+        if flags & libc::RENAME_EXCHANGE == 0
+            && let Some(ino) = replaced
+            && ino != src.ino
+        {
+            self.name_removed(ino, &dp, newname);
+        }
+        let mut moves = vec![(src.clone(), dst_dir.ino, newname, &dp)];
+        if flags & libc::RENAME_EXCHANGE != 0
+            && let Some(t) = &target
+        {
+            moves.push((t.clone(), src_dir.ino, name, &sp));
+        }
+        self.moved(&moves);
+        Ok(())
+    }
+
+    /// The node of `name` in `dir`, resolving it when the kernel holds none
+    /// (the caller does not count a kernel reference for it).
+    fn child_node(&self, dir: &Arc<Node>, name: &OsStr) -> Result<Option<Arc<Node>>> {
+        let listing = dir.listing(&self.stack)?;
+        let Some(child) = listing.get(name) else {
+            return Ok(None);
+        };
+        if let Some(n) = self.nodes.get(child.ino) {
+            return Ok(Some(n));
+        }
+        let merged = dir.state().obj.dir.clone();
+        let merged =
+            merged.ok_or_else(|| Error::errno(libc::ENOTDIR, "rename", name.to_string_lossy()))?;
+        let obj = self.stack.resolve(&merged, child)?;
+        // A private node: not in the table, so nothing to forget later.
+        Ok(Some(Arc::new(Node::new(super::NodeState {
+            parent: dir.ino,
+            name: name.to_os_string(),
+            obj,
+            generation: 0,
+            aliases: Vec::new(),
+        }))))
+    }
+
+    /// Nodes now live at `parent/name` (they are in the upper). Applied at
+    /// once, so the two sides of an exchange do not move each other back.
+    fn moved(&self, moves: &[(Arc<Node>, u64, &OsStr, &Resolved)]) {
+        let mut rebases = Vec::new();
+        for (node, parent_ino, name, parent) in moves {
+            let Ok(new_path) = parent.upath.join(name) else {
+                continue;
+            };
+            let old_path = node.state().obj.upath.clone();
+            node.update(|s| {
+                s.parent = *parent_ino;
+                s.name = name.to_os_string();
+                s.obj.upath = new_path.clone();
+                s.obj.path = new_path.clone();
+                if let Some(d) = s.obj.dir.as_mut() {
+                    d.path = new_path.clone();
+                }
+            });
+            if node.is_dir() {
+                rebases.push((old_path, new_path, node.ino));
+            }
+        }
+        // Everything below a moved directory moves with it.
+        self.nodes.rebase_below(&rebases);
+    }
+
+    pub(super) fn do_link(
+        &self,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+    ) -> Result<(FileAttr, Generation)> {
+        let node = self.node(ino, "link")?;
+        let dir = self.node(newparent, "link")?;
+        self.writable("link", &dir)?;
+        if node.is_dir() {
+            return Err(Error::errno(libc::EPERM, "link", &node.state().obj.path));
+        }
+        let _w = self.lock_writes();
+        self.ensure_upper(&dir)?;
+        self.ensure_upper(&node)?;
+        let obj = node.state().obj.clone();
+        let parent_obj = dir.state().obj.clone();
+        let stat = dir.edit_listing(&self.stack, |l| {
+            self.stack.link(&obj, &parent_obj, l, newname)
+        })?;
+        let alias = parent_obj
+            .upath
+            .join(newname)
+            .map_err(|e| Error::io(e, "link", &parent_obj.upath))?;
+        node.update(|s| {
+            s.obj.stat = stat;
+            s.aliases.push((dir.ino, newname.to_os_string(), alias));
+        });
+        self.nodes.count_lookup(&node);
+        Ok((self.attr(&node), Self::generation(&node)))
+    }
+
+    pub(super) fn do_setattr(
+        &self,
+        ino: INodeNo,
+        change: &AttrChange,
+        fh: Option<FileHandle>,
+    ) -> Result<FileAttr> {
+        let node = self.node(ino, "setattr")?;
+        self.writable("setattr", &node)?;
+        {
+            let _w = self.lock_writes();
+            self.ensure_upper(&node)?;
+        }
+        let obj = node.state().obj.clone();
+        // Truncating an open file goes through its handle: the path may be
+        // unlinked already.
+        let mut change = change.clone();
+        if let (Some(size), Some(fh)) = (change.size, fh)
+            && let Some(h) = self.handles.get(&fh.0)
+            && let Handle::File(f) = &*h
+            && f.layer == 0
+        {
+            f.file
+                .set_len(size)
+                .map_err(|e| Error::io(e, "truncate", &obj.path))?;
+            change.size = None;
+        }
+        let stat = self.stack.set_attr(&obj, &change)?;
+        node.update(|s| s.obj.stat = stat);
+        Ok(self.attr(&node))
+    }
+
+    pub(super) fn do_write(&self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<u32> {
+        let handle = self
+            .handles
+            .get(&fh.0)
+            .ok_or_else(|| Error::errno(libc::EBADF, "write", format!("handle {}", fh.0)))?;
+        let Handle::File(h) = &*handle else {
+            return Err(Error::errno(
+                libc::EISDIR,
+                "write",
+                format!("handle {}", fh.0),
+            ));
+        };
+        h.file
+            .write_all_at(data, offset)
+            .map_err(|e| Error::io(e, "write", format!("inode {}", h.ino)))?;
+        Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
+    }
+
+    pub(super) fn do_fsync(&self, fh: FileHandle, datasync: bool) -> Result<()> {
+        let Some(handle) = self.handles.get(&fh.0) else {
+            return Ok(());
+        };
+        let Handle::File(h) = &*handle else {
+            return Ok(());
+        };
+        if h.layer != 0 {
+            return Ok(()); // nothing of ours is dirty in a lower layer
+        }
+        let r = if datasync {
+            h.file.sync_data()
+        } else {
+            h.file.sync_all()
+        };
+        r.map_err(|e| Error::io(e, "fsync", format!("inode {}", h.ino)))
+    }
+
+    pub(super) fn do_fallocate(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<()> {
+        let handle = self
+            .handles
+            .get(&fh.0)
+            .ok_or_else(|| Error::errno(libc::EBADF, "fallocate", format!("handle {}", fh.0)))?;
+        let Handle::File(h) = &*handle else {
+            return Err(Error::errno(
+                libc::EISDIR,
+                "fallocate",
+                format!("handle {}", fh.0),
+            ));
+        };
+        let (off, len) = (
+            i64::try_from(offset).map_err(|_| Error::errno(libc::EFBIG, "fallocate", h.ino))?,
+            i64::try_from(length).map_err(|_| Error::errno(libc::EFBIG, "fallocate", h.ino))?,
+        );
+        // SAFETY: a valid fd owned by the handle.
+        if unsafe { libc::fallocate(h.file.as_raw_fd(), mode, off, len) } < 0 {
+            return Err(Error::io(
+                std::io::Error::last_os_error(),
+                "fallocate",
+                format!("inode {}", h.ino),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn do_write_xattr(
+        &self,
+        ino: INodeNo,
+        key: &OsStr,
+        value: Option<&[u8]>,
+        flags: i32,
+    ) -> Result<()> {
+        let op = if value.is_some() {
+            "setxattr"
+        } else {
+            "removexattr"
+        };
+        let node = self.node(ino, op)?;
+        self.writable(op, &node)?;
+        let _w = self.lock_writes();
+        let obj = node.state().obj.clone();
+        if value.is_none() && obj.layer != 0 {
+            // Nothing to remove means nothing to copy up (ENODATA).
+            let layer = self.stack.layer(obj.layer);
+            layer
+                .get_xattr(&obj.path, obj.kind == FileKind::Dir, key)
+                .map_err(|e| Error::io(e, op, crate::union::layer_display(layer, &obj.path)))?;
+        }
+        self.ensure_upper(&node)?;
+        let obj = node.state().obj.clone();
+        self.stack.write_xattr(&obj, key, value, flags)
+    }
+}
+
+/// A fuser time as (sec, nsec), UTIME_NOW for "now".
+pub(super) fn time_spec(t: TimeOrNow) -> (i64, i64) {
+    match t {
+        TimeOrNow::Now => (0, libc::UTIME_NOW),
+        TimeOrNow::SpecificTime(st) => match st.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => (d.as_secs() as i64, i64::from(d.subsec_nanos())),
+            Err(e) => {
+                let d = e.duration();
+                let (mut s, mut n) = (-(d.as_secs() as i64), -i64::from(d.subsec_nanos()));
+                if n < 0 {
+                    s -= 1;
+                    n += 1_000_000_000;
+                }
+                (s, n)
+            }
+        },
+    }
+}
+
+impl LayerFs {
+    /// The handle `create` returns with its entry.
+    pub(super) fn open_created(&self, ino: INodeNo, flags: i32) -> Result<u64> {
+        let node = self.node(ino, "create")?;
+        let obj = node.state().obj.clone();
+        let access = flags & libc::O_ACCMODE;
+        let layer = self.stack.layer(obj.layer);
+        let fd = layer
+            .open_beneath(&obj.path, access | libc::O_NOFOLLOW)
+            .map_err(|e| Error::io(e, "create", crate::union::layer_display(layer, &obj.path)))?;
+        let fh = self
+            .next_handle
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.handles.insert(
+            fh,
+            Handle::File(super::FileHandleState {
+                file: std::fs::File::from(fd),
+                layer: obj.layer,
+                ino: node.ino,
+                _backing: None,
+            }),
+        );
+        Ok(fh)
+    }
+}

@@ -1,0 +1,806 @@
+//! Writing the upper layer: whiteouts and opaque markers in the chosen
+//! format, objects built in the work directory and renamed into place,
+//! and copying a lower object's data and metadata. Policy (when to copy
+//! up, when a whiteout is needed) is the union's; this is only how.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{FileKind, Layer, RelPath, Stat, sys, whiteout};
+
+/// How whiteouts and opaque directories are written into the upper layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhiteoutFormat {
+    /// Character device 0/0 and `trusted.overlay.opaque=y`, as the kernel
+    /// writes them, so the kernel can mount the same upper.
+    #[default]
+    Overlay,
+    /// `.wh.NAME` files and `.wh..wh..opq` markers.
+    Oci,
+}
+
+/// What a new object is.
+#[derive(Debug, Clone)]
+pub enum NewObject<'a> {
+    File,
+    Dir,
+    Symlink(&'a OsStr),
+    /// Fifo, socket or device: the full mode (type bits included) and rdev.
+    Node {
+        mode: u32,
+        rdev: u64,
+    },
+}
+
+/// The upper layer with its work directory.
+#[derive(Debug)]
+pub struct Upper {
+    work: OwnedFd,
+    format: WhiteoutFormat,
+    /// `trusted.overlay.*` or, with `userxattr`, `user.overlay.*`.
+    xattr_prefix: &'static str,
+    /// fsync copied-up files before they become visible (not with volatile).
+    durable: bool,
+    counter: AtomicU64,
+}
+
+/// The name the kernel's overlayfs uses for its temporary area inside the
+/// work dir; sharing it keeps an upper/work pair mountable by either.
+const WORK_SUBDIR: &CStr = c"work";
+
+fn cstr(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn cvt(ret: libc::c_int) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl Upper {
+    /// Open the work dir, creating `WORK/work` and clearing what a crashed
+    /// run left in it, so no half-built object survives a crash.
+    pub fn open(
+        work_dir: &Path,
+        format: WhiteoutFormat,
+        userxattr: bool,
+        durable: bool,
+    ) -> io::Result<Upper> {
+        let root = sys::open_dir_path(work_dir)?;
+        // SAFETY: valid fd and C string.
+        let made = unsafe { libc::mkdirat(root.as_raw_fd(), WORK_SUBDIR.as_ptr(), 0o700) };
+        if made < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(e);
+            }
+        }
+        let work = sys::openat_beneath(
+            root.as_fd(),
+            WORK_SUBDIR,
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        )?;
+        remove_contents(work.as_fd())?;
+        Ok(Upper {
+            work,
+            format,
+            xattr_prefix: if userxattr {
+                "user.overlay."
+            } else {
+                "trusted.overlay."
+            },
+            durable,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn format(&self) -> WhiteoutFormat {
+        self.format
+    }
+
+    fn tmp_name(&self) -> CString {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        CString::new(format!("#lfs{}.{n}", std::process::id()))
+            .unwrap_or_else(|_| CString::from(c"#lfs"))
+    }
+
+    fn xattr_name(&self, what: &str) -> CString {
+        CString::new(format!("{}{what}", self.xattr_prefix))
+            .unwrap_or_else(|_| CString::from(c"trusted.overlay.opaque"))
+    }
+
+    /// Create a new object named `name` in `dir`, owned by uid/gid with
+    /// exactly `perm`, replacing the whiteout there if `over_whiteout`. A
+    /// directory is made opaque when the name is `hidden` below, so nothing
+    /// below shows through it. Returns its stat.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        obj: &NewObject<'_>,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        over_whiteout: bool,
+        hidden: bool,
+    ) -> io::Result<Stat> {
+        let tmp = self.tmp_name();
+        let work = self.work.as_fd();
+        let made = make_object(work, &tmp, obj, perm, uid, gid);
+        let result = made.and_then(|()| {
+            if hidden && matches!(obj, NewObject::Dir) {
+                self.mark_opaque(work, &tmp)?;
+            }
+            self.install(&tmp, dir, name, over_whiteout)
+        });
+        if result.is_err() {
+            let _ = remove_entry(work, &tmp);
+        }
+        result?;
+        sys::fstatat_nofollow(dir, &cstr(name)?)
+    }
+
+    /// Move `work/tmp` to `dir/name`; with `over_whiteout`, the whiteout
+    /// there is replaced in the same step.
+    fn install(
+        &self,
+        tmp: &CStr,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        over_whiteout: bool,
+    ) -> io::Result<()> {
+        let cname = cstr(name)?;
+        let work = self.work.as_fd();
+        match (self.format, over_whiteout) {
+            (WhiteoutFormat::Overlay, true) => {
+                // Exchange, so a directory can take a char device's place.
+                rename2(work, tmp, dir, &cname, libc::RENAME_EXCHANGE)?;
+                remove_entry(work, tmp)
+            }
+            (WhiteoutFormat::Oci, true) => {
+                rename2(work, tmp, dir, &cname, libc::RENAME_NOREPLACE)?;
+                let wh = oci_whiteout_name(name)?;
+                remove_entry(dir, &wh)
+            }
+            (_, false) => rename2(work, tmp, dir, &cname, libc::RENAME_NOREPLACE),
+        }
+    }
+
+    /// Make `dir/name` (in the upper) opaque.
+    pub fn mark_opaque(&self, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+        let fd = sys::openat_beneath(
+            dir,
+            name,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        )?;
+        match self.format {
+            WhiteoutFormat::Overlay => {
+                let key = self.xattr_name("opaque");
+                // SAFETY: valid fd, C string and buffer.
+                cvt(unsafe {
+                    libc::fsetxattr(fd.as_raw_fd(), key.as_ptr(), b"y".as_ptr().cast(), 1, 0)
+                })
+            }
+            WhiteoutFormat::Oci => {
+                let marker = CString::new(whiteout::OCI_OPAQUE_MARKER).unwrap_or_default();
+                create_empty(fd.as_fd(), &marker)
+            }
+        }
+    }
+
+    /// Record where the lower content of the upper directory `dir/name`
+    /// lives, as the kernel's overlayfs does with redirect_dir=on.
+    pub fn set_redirect(&self, dir: BorrowedFd<'_>, name: &OsStr, target: &[u8]) -> io::Result<()> {
+        let fd = sys::openat_beneath(
+            dir,
+            &cstr(name)?,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        )?;
+        let key = self.xattr_name("redirect");
+        // SAFETY: valid fd, C string and buffer.
+        cvt(unsafe {
+            libc::fsetxattr(
+                fd.as_raw_fd(),
+                key.as_ptr(),
+                target.as_ptr().cast(),
+                target.len(),
+                0,
+            )
+        })
+    }
+
+    /// Put a whiteout for `name` into `dir`, where nothing is.
+    pub fn whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        match self.format {
+            WhiteoutFormat::Overlay => {
+                let c = cstr(name)?;
+                // SAFETY: valid fd and C string.
+                cvt(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), libc::S_IFCHR, 0) })
+            }
+            WhiteoutFormat::Oci => create_empty(dir, &oci_whiteout_name(name)?),
+        }
+    }
+
+    /// Replace the upper object `dir/name` by a whiteout in one step (the
+    /// old object goes to the work dir and is removed there, with its
+    /// content when it is a directory of whiteouts).
+    pub fn replace_with_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        let cname = cstr(name)?;
+        let work = self.work.as_fd();
+        match self.format {
+            WhiteoutFormat::Overlay => {
+                let tmp = self.tmp_name();
+                // SAFETY: valid fd and C string.
+                cvt(unsafe { libc::mknodat(work.as_raw_fd(), tmp.as_ptr(), libc::S_IFCHR, 0) })?;
+                if let Err(e) = rename2(work, &tmp, dir, &cname, libc::RENAME_EXCHANGE) {
+                    let _ = remove_entry(work, &tmp);
+                    return Err(e);
+                }
+                remove_entry(work, &tmp)
+            }
+            WhiteoutFormat::Oci => {
+                let tmp = self.tmp_name();
+                rename2(dir, &cname, work, &tmp, 0)?;
+                remove_entry(work, &tmp)?;
+                self.whiteout(dir, name)
+            }
+        }
+    }
+
+    /// Remove the upper object `dir/name`; a directory may still hold
+    /// whiteouts and markers (it is empty as seen through the mount).
+    pub fn remove(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        let cname = cstr(name)?;
+        let tmp = self.tmp_name();
+        // Through the work dir, so a crash never leaves it half removed.
+        rename2(dir, &cname, self.work.as_fd(), &tmp, 0)?;
+        remove_entry(self.work.as_fd(), &tmp)
+    }
+
+    /// Remove every whiteout and opaque marker inside the upper directory
+    /// `dir/name` (it must hold nothing else) and make it opaque, so it can
+    /// stand empty in place of a merged directory.
+    pub fn clear_to_opaque(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        let cname = cstr(name)?;
+        let fd = sys::openat_beneath(
+            dir,
+            &cname,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        )?;
+        remove_contents(fd.as_fd())?;
+        self.mark_opaque(dir, &cname)
+    }
+
+    /// Rename within the upper; `flags` as renameat2 takes them. With
+    /// `leave_whiteout` the source name is left whited out.
+    pub fn rename(
+        &self,
+        from_dir: BorrowedFd<'_>,
+        from: &OsStr,
+        to_dir: BorrowedFd<'_>,
+        to: &OsStr,
+        flags: u32,
+        leave_whiteout: bool,
+    ) -> io::Result<()> {
+        let (cf, ct) = (cstr(from)?, cstr(to)?);
+        match (leave_whiteout, self.format) {
+            (true, WhiteoutFormat::Overlay) => {
+                rename2(from_dir, &cf, to_dir, &ct, flags | libc::RENAME_WHITEOUT)
+            }
+            (true, WhiteoutFormat::Oci) => {
+                rename2(from_dir, &cf, to_dir, &ct, flags)?;
+                self.whiteout(from_dir, from)
+            }
+            (false, _) => rename2(from_dir, &cf, to_dir, &ct, flags),
+        }
+    }
+
+    /// Remove the whiteout for `name` in `dir` (before a rename lands on it).
+    pub fn remove_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        match self.format {
+            WhiteoutFormat::Overlay => remove_entry(dir, &cstr(name)?),
+            WhiteoutFormat::Oci => remove_entry(dir, &oci_whiteout_name(name)?),
+        }
+    }
+
+    /// Copy a lower object into the upper as `dir/name`: built in the work
+    /// dir with its data, owner, mode, xattrs and times, fsynced, then
+    /// renamed into place, so a crash never leaves a partial copy visible.
+    pub fn copy_up(
+        &self,
+        src_layer: &Layer,
+        src: &RelPath,
+        st: &Stat,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> io::Result<Stat> {
+        let tmp = self.tmp_name();
+        let work = self.work.as_fd();
+        // A copy-up is not a change the user made: the parent keeps its
+        // times, as with the kernel's overlayfs.
+        let parent = sys::fstat(dir)?;
+        let result = self
+            .build_copy(src_layer, src, st, &tmp)
+            .and_then(|()| self.install(&tmp, dir, name, false))
+            .and_then(|()| set_fd_times(dir, parent.atime, parent.mtime));
+        if result.is_err() {
+            let _ = remove_entry(work, &tmp);
+        }
+        result?;
+        sys::fstatat_nofollow(dir, &cstr(name)?)
+    }
+
+    fn build_copy(
+        &self,
+        src_layer: &Layer,
+        src: &RelPath,
+        st: &Stat,
+        tmp: &CStr,
+    ) -> io::Result<()> {
+        let work = self.work.as_fd();
+        let kind =
+            FileKind::from_mode(st.mode).ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+        let perm = st.mode & 0o7777;
+        match kind {
+            FileKind::Regular => {
+                let input = src_layer.open_file(src)?;
+                // SAFETY: valid fd and C string; the fd is owned below.
+                let fd = unsafe {
+                    libc::openat(
+                        work.as_raw_fd(),
+                        tmp.as_ptr(),
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                        0o600,
+                    )
+                };
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: fd was just opened and is ours.
+                let out = unsafe { OwnedFd::from_raw_fd(fd) };
+                copy_data(input.as_fd(), out.as_fd(), st.size)?;
+                if self.durable {
+                    // SAFETY: valid fd.
+                    cvt(unsafe { libc::fsync(out.as_raw_fd()) })?;
+                }
+            }
+            FileKind::Dir => make_object(work, tmp, &NewObject::Dir, 0o700, 0, 0)?,
+            FileKind::Symlink => {
+                let target = src_layer.readlink(src)?;
+                make_object(
+                    work,
+                    tmp,
+                    &NewObject::Symlink(OsStr::from_bytes(&target)),
+                    0o777,
+                    0,
+                    0,
+                )?
+            }
+            FileKind::Fifo | FileKind::CharDev | FileKind::BlockDev | FileKind::Socket => {
+                make_object(
+                    work,
+                    tmp,
+                    &NewObject::Node {
+                        mode: st.mode,
+                        rdev: st.rdev,
+                    },
+                    0o600,
+                    0,
+                    0,
+                )?
+            }
+        }
+        // xattrs first: setting some may need the owner's rights later on.
+        let is_dir = kind == FileKind::Dir;
+        for xname in src_layer.list_xattrs(src, is_dir)? {
+            let value = src_layer.get_xattr(src, is_dir, &xname)?;
+            let key = cstr(&xname)?;
+            set_xattr_at(work, tmp, &key, &value)?;
+        }
+        set_owner_mode(work, tmp, kind, st.uid, st.gid, perm)?;
+        set_times(work, tmp, st.atime, st.mtime)
+    }
+
+    /// Set an xattr on an upper object.
+    pub fn set_xattr(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        key: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> io::Result<()> {
+        with_proc_path(dir, &cstr(name)?, |p| {
+            let k = cstr(key)?;
+            // SAFETY: valid C strings and buffer.
+            cvt(unsafe {
+                libc::lsetxattr(
+                    p.as_ptr(),
+                    k.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    flags,
+                )
+            })
+        })
+    }
+
+    /// Remove an xattr of an upper object.
+    pub fn remove_xattr(&self, dir: BorrowedFd<'_>, name: &OsStr, key: &OsStr) -> io::Result<()> {
+        with_proc_path(dir, &cstr(name)?, |p| {
+            let k = cstr(key)?;
+            // SAFETY: valid C strings.
+            cvt(unsafe { libc::lremovexattr(p.as_ptr(), k.as_ptr()) })
+        })
+    }
+
+    /// Hard-link the upper object `from_dir/from` as `to_dir/to`.
+    pub fn link(
+        &self,
+        from_dir: BorrowedFd<'_>,
+        from: &OsStr,
+        to_dir: BorrowedFd<'_>,
+        to: &OsStr,
+        over_whiteout: bool,
+    ) -> io::Result<Stat> {
+        let cf = cstr(from)?;
+        if over_whiteout {
+            let tmp = self.tmp_name();
+            let work = self.work.as_fd();
+            // SAFETY: valid fds and C strings.
+            cvt(unsafe {
+                libc::linkat(
+                    from_dir.as_raw_fd(),
+                    cf.as_ptr(),
+                    work.as_raw_fd(),
+                    tmp.as_ptr(),
+                    0,
+                )
+            })?;
+            if let Err(e) = self.install(&tmp, to_dir, to, true) {
+                let _ = remove_entry(work, &tmp);
+                return Err(e);
+            }
+        } else {
+            let ct = cstr(to)?;
+            // SAFETY: valid fds and C strings.
+            cvt(unsafe {
+                libc::linkat(
+                    from_dir.as_raw_fd(),
+                    cf.as_ptr(),
+                    to_dir.as_raw_fd(),
+                    ct.as_ptr(),
+                    0,
+                )
+            })?;
+        }
+        sys::fstatat_nofollow(to_dir, &cstr(to)?)
+    }
+}
+
+/// Change owner, mode or times of an upper object.
+pub fn set_owner_mode(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    kind: FileKind,
+    uid: u32,
+    gid: u32,
+    perm: u32,
+) -> io::Result<()> {
+    // SAFETY: valid fd and C string.
+    cvt(unsafe {
+        libc::fchownat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            uid,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    if kind != FileKind::Symlink {
+        // After chown, which clears setuid/setgid.
+        // SAFETY: valid fd and C string.
+        cvt(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), perm, 0) })?;
+    }
+    Ok(())
+}
+
+/// utimensat with AT_SYMLINK_NOFOLLOW; nsec may be UTIME_NOW/UTIME_OMIT.
+pub fn set_times(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    atime: (i64, i64),
+    mtime: (i64, i64),
+) -> io::Result<()> {
+    let ts = [
+        libc::timespec {
+            tv_sec: atime.0,
+            tv_nsec: atime.1,
+        },
+        libc::timespec {
+            tv_sec: mtime.0,
+            tv_nsec: mtime.1,
+        },
+    ];
+    // SAFETY: valid fd, C string and two timespecs.
+    cvt(unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+fn set_fd_times(fd: BorrowedFd<'_>, atime: (i64, i64), mtime: (i64, i64)) -> io::Result<()> {
+    let ts = [
+        libc::timespec {
+            tv_sec: atime.0,
+            tv_nsec: atime.1,
+        },
+        libc::timespec {
+            tv_sec: mtime.0,
+            tv_nsec: mtime.1,
+        },
+    ];
+    // SAFETY: valid fd and two timespecs.
+    cvt(unsafe { libc::futimens(fd.as_raw_fd(), ts.as_ptr()) })
+}
+
+fn set_xattr_at(dir: BorrowedFd<'_>, name: &CStr, key: &CStr, value: &[u8]) -> io::Result<()> {
+    with_proc_path(dir, name, |p| {
+        // SAFETY: valid C strings and buffer.
+        cvt(unsafe {
+            libc::lsetxattr(
+                p.as_ptr(),
+                key.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        })
+    })
+}
+
+/// Run `f` on `/proc/self/fd/DIR/NAME`: a path the l*xattr calls take
+/// whose last component is not followed.
+fn with_proc_path<T>(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    f: impl FnOnce(&CStr) -> io::Result<T>,
+) -> io::Result<T> {
+    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    p.extend_from_slice(name.to_bytes());
+    let p = CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    f(&p)
+}
+
+fn make_object(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    obj: &NewObject<'_>,
+    perm: u32,
+    uid: u32,
+    gid: u32,
+) -> io::Result<()> {
+    let fd = dir.as_raw_fd();
+    let kind = match obj {
+        NewObject::File => {
+            // SAFETY: valid fd and C string.
+            let f = unsafe {
+                libc::openat(
+                    fd,
+                    name.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                    0o600,
+                )
+            };
+            if f < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: f is ours.
+            drop(unsafe { OwnedFd::from_raw_fd(f) });
+            FileKind::Regular
+        }
+        NewObject::Dir => {
+            // SAFETY: valid fd and C string.
+            cvt(unsafe { libc::mkdirat(fd, name.as_ptr(), 0o700) })?;
+            FileKind::Dir
+        }
+        NewObject::Symlink(target) => {
+            let t = cstr(target)?;
+            // SAFETY: valid fd and C strings.
+            cvt(unsafe { libc::symlinkat(t.as_ptr(), fd, name.as_ptr()) })?;
+            FileKind::Symlink
+        }
+        NewObject::Node { mode, rdev } => {
+            // SAFETY: valid fd and C string.
+            cvt(unsafe { libc::mknodat(fd, name.as_ptr(), (mode & libc::S_IFMT) | 0o600, *rdev) })?;
+            FileKind::from_mode(*mode).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?
+        }
+    };
+    set_owner_mode(dir, name, kind, uid, gid, perm)
+}
+
+fn create_empty(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: valid fd and C string; the fd is closed at once.
+    let f = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    if f < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: f is ours.
+    drop(unsafe { OwnedFd::from_raw_fd(f) });
+    Ok(())
+}
+
+fn oci_whiteout_name(name: &OsStr) -> io::Result<CString> {
+    let mut v = whiteout::OCI_WHITEOUT_PREFIX.to_vec();
+    v.extend_from_slice(name.as_bytes());
+    CString::new(v).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+pub fn rename2(
+    from_dir: BorrowedFd<'_>,
+    from: &CStr,
+    to_dir: BorrowedFd<'_>,
+    to: &CStr,
+    flags: u32,
+) -> io::Result<()> {
+    // SAFETY: valid fds and C strings.
+    cvt(unsafe {
+        libc::renameat2(
+            from_dir.as_raw_fd(),
+            from.as_ptr(),
+            to_dir.as_raw_fd(),
+            to.as_ptr(),
+            flags,
+        )
+    })
+}
+
+/// Remove a file, or a directory with everything in it, without ever
+/// following a symlink.
+fn remove_entry(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: valid fd and C string.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EISDIR) {
+        return Err(e);
+    }
+    let sub = sys::openat_beneath(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+    )?;
+    remove_contents(sub.as_fd())?;
+    // SAFETY: valid fd and C string.
+    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })
+}
+
+fn remove_contents(dir: BorrowedFd<'_>) -> io::Result<()> {
+    let dup = dir.try_clone_to_owned()?;
+    let mut d = nix::dir::Dir::from_fd(dup).map_err(io::Error::from)?;
+    let names: Vec<CString> = d
+        .iter()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| n.to_bytes() != b"." && n.to_bytes() != b"..")
+        .collect();
+    for n in names {
+        remove_entry(dir, &n)?;
+    }
+    Ok(())
+}
+
+/// Copy `size` bytes, keeping holes: data extents found with SEEK_DATA /
+/// SEEK_HOLE are copied with copy_file_range (a reflink where the
+/// filesystem can), and the length is set at the end.
+fn copy_data(input: BorrowedFd<'_>, out: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+    let (i, o) = (input.as_raw_fd(), out.as_raw_fd());
+    let size = i64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    let mut pos: i64 = 0;
+    while pos < size {
+        // SAFETY: valid fd.
+        let data = unsafe { libc::lseek(i, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ENXIO) => break, // only a hole remains
+                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
+                    copy_range(i, o, pos, size - pos)?;
+                    break;
+                }
+                _ => return Err(e),
+            }
+        }
+        // SAFETY: valid fd.
+        let hole = unsafe { libc::lseek(i, data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { size } else { hole.min(size) };
+        copy_range(i, o, data, end - data)?;
+        pos = end;
+    }
+    // SAFETY: valid fd.
+    cvt(unsafe { libc::ftruncate(o, size) })
+}
+
+fn copy_range(i: i32, o: i32, start: i64, len: i64) -> io::Result<()> {
+    let mut off_in = start;
+    let mut off_out = start;
+    let mut left = len;
+    while left > 0 {
+        let chunk = left.min(1 << 30) as usize;
+        // SAFETY: valid fds and offsets we own.
+        let n = unsafe { libc::copy_file_range(i, &mut off_in, o, &mut off_out, chunk, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EXDEV)
+                    | Some(libc::EINVAL)
+                    | Some(libc::EOPNOTSUPP)
+                    | Some(libc::ENOSYS)
+            ) {
+                return copy_plain(i, o, off_in, off_out, left);
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break; // the source is shorter than it said: keep what is there
+        }
+        left -= n as i64;
+    }
+    Ok(())
+}
+
+fn copy_plain(i: i32, o: i32, mut off_in: i64, mut off_out: i64, mut left: i64) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let want = (left as usize).min(buf.len());
+        // SAFETY: buf is valid for `want` bytes.
+        let n = unsafe { libc::pread(i, buf.as_mut_ptr().cast(), want, off_in) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            break;
+        }
+        let mut done = 0usize;
+        while done < n as usize {
+            // SAFETY: the slice is within buf.
+            let w = unsafe {
+                libc::pwrite(
+                    o,
+                    buf[done..].as_ptr().cast(),
+                    n as usize - done,
+                    off_out + done as i64,
+                )
+            };
+            if w < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            done += w as usize;
+        }
+        off_in += n as i64;
+        off_out += n as i64;
+        left -= n as i64;
+    }
+    Ok(())
+}

@@ -1,0 +1,626 @@
+//! The writable upper layer: copy-up, creating objects, whiteouts on
+//! removal, rename and link — the kernel overlayfs's rules, on a stack
+//! whose layer 0 is the upper. Every change lands in the upper only.
+//!
+//! Callers serialise mutations and keep the listings they pass in step
+//! with what is on disk; each function here updates the listings it is
+//! given to match what it did.
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::PathBuf;
+
+use super::{Child, LayerStack, Listing, MergedDir, Resolved};
+use crate::error::{Error, Result};
+use crate::layers::{FileKind, NewObject, RelPath, Stat, Upper, WhiteoutFormat, upper, whiteout};
+
+/// Where the writable layer lives and how it is written.
+#[derive(Debug, Clone)]
+pub struct UpperSpec {
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub format: WhiteoutFormat,
+    pub userxattr: bool,
+    /// fsync copied-up data before it becomes visible (off with `volatile`).
+    pub durable: bool,
+}
+
+/// What a setattr changes. Times are (sec, nsec); nsec may be UTIME_NOW.
+#[derive(Debug, Clone, Default)]
+pub struct AttrChange {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<(i64, i64)>,
+    pub mtime: Option<(i64, i64)>,
+}
+
+impl LayerStack {
+    fn upper_layer(&self, op: &'static str, path: &RelPath) -> Result<&Upper> {
+        self.upper
+            .as_ref()
+            .ok_or_else(|| Error::errno(libc::EROFS, op, path))
+    }
+
+    fn upper_dir(&self, op: &'static str, dir: &RelPath) -> Result<std::os::fd::OwnedFd> {
+        self.layer(0)
+            .open_dir(dir)
+            .map_err(|e| Error::io(e, op, super::layer_display(self.layer(0), dir)))
+    }
+
+    fn upper_stat(&self, op: &'static str, path: &RelPath) -> Result<Stat> {
+        self.layer(0)
+            .stat(path)
+            .map_err(|e| Error::io(e, op, super::layer_display(self.layer(0), path)))
+    }
+
+    /// Copy a lower object up into the upper (its parent must be there
+    /// already) and update the parent's listing. The inode number stays.
+    pub fn copy_up(&self, obj: &Resolved, parent_listing: &mut Listing) -> Result<Resolved> {
+        let upper = self.upper_layer("copy up", &obj.path)?;
+        if obj.layer == 0 {
+            return Ok(obj.clone());
+        }
+        let (parent, name) = obj.upath.split();
+        let dir = self.upper_dir("copy up", &parent)?;
+        let src = self.layer(obj.layer);
+        let stat = upper
+            .copy_up(
+                src,
+                &obj.path,
+                &obj.stat,
+                std::os::fd::AsFd::as_fd(&dir),
+                name,
+            )
+            .map_err(|e| Error::io(e, "copy up", super::layer_display(src, &obj.path)))?;
+        let mut copied = obj.clone();
+        copied.layer = 0;
+        copied.path = obj.upath.clone();
+        copied.stat = stat;
+        if let Some(d) = copied.dir.as_mut() {
+            d.layers.insert(0, 0);
+        }
+        if let Some(child) = parent_listing.get_mut(name) {
+            child.layer = 0;
+            child.lower = true;
+            if child.kind == FileKind::Dir {
+                child.dir_layers.insert(0, 0);
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Create `name` in the upper directory `parent` (already copied up).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        &self,
+        parent: &Resolved,
+        listing: &mut Listing,
+        name: &OsStr,
+        obj: NewObject<'_>,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Resolved> {
+        let path = parent
+            .path
+            .join(name)
+            .map_err(|e| Error::io(e, "create", &parent.path))?;
+        let upper = self.upper_layer("create", &path)?;
+        if listing.get(name).is_some() {
+            return Err(Error::errno(libc::EEXIST, "create", &path));
+        }
+        if is_reserved_name(upper, name) {
+            return Err(Error::new(
+                libc::EINVAL,
+                "create",
+                &path,
+                "name reserved for OCI whiteouts",
+            ));
+        }
+        let whiteout = listing.upper_whiteouts.get(name).copied();
+        // A directory over a whiteout, or in a merged directory, is made
+        // opaque (the kernel's rule; in a merged parent it spares lookups
+        // in the layers below).
+        let hidden = whiteout.is_some() || listing.has_lower;
+        let dir = self.upper_dir("create", &parent.path)?;
+        let kind = match &obj {
+            NewObject::File => FileKind::Regular,
+            NewObject::Dir => FileKind::Dir,
+            NewObject::Symlink(_) => FileKind::Symlink,
+            NewObject::Node { mode, .. } => FileKind::from_mode(*mode)
+                .ok_or_else(|| Error::errno(libc::EINVAL, "mknod", &path))?,
+        };
+        let stat = upper
+            .create(
+                std::os::fd::AsFd::as_fd(&dir),
+                name,
+                &obj,
+                perm,
+                uid,
+                gid,
+                whiteout.is_some(),
+                hidden,
+            )
+            .map_err(|e| Error::io(e, "create", super::layer_display(self.layer(0), &path)))?;
+        listing.upper_whiteouts.remove(name);
+        let ino = self.inos.map(0, stat.ino);
+        let dir_layers = if kind == FileKind::Dir {
+            vec![0]
+        } else {
+            Vec::new()
+        };
+        listing.upsert(Child {
+            name: name.to_os_string(),
+            kind,
+            layer: 0,
+            ino,
+            dir_layers: dir_layers.clone(),
+            lower: whiteout.unwrap_or(false),
+        });
+        let lower_path = parent_dir(parent, "create")?
+            .lower_path
+            .join(name)
+            .map_err(|e| Error::io(e, "create", &parent.path))?;
+        Ok(Resolved {
+            ino,
+            kind,
+            layer: 0,
+            path: path.clone(),
+            upath: path.clone(),
+            stat,
+            dir: (kind == FileKind::Dir).then_some(MergedDir {
+                path,
+                lower_path,
+                layers: dir_layers,
+            }),
+        })
+    }
+
+    /// unlink (`want_dir` false) or rmdir (true) `name` of `parent` (in the
+    /// upper already). A name that exists below is whited out.
+    pub fn remove(
+        &self,
+        parent: &Resolved,
+        listing: &mut Listing,
+        name: &OsStr,
+        want_dir: bool,
+    ) -> Result<()> {
+        let op = if want_dir { "rmdir" } else { "unlink" };
+        let path = parent
+            .path
+            .join(name)
+            .map_err(|e| Error::io(e, op, &parent.path))?;
+        let upper = self.upper_layer(op, &path)?;
+        let child = self.check_remove(parent, listing, name, want_dir)?;
+        let dir = self.upper_dir(op, &parent.path)?;
+        let dir = std::os::fd::AsFd::as_fd(&dir);
+        let result = match (child.layer == 0, child.lower) {
+            (true, true) => upper.replace_with_whiteout(dir, name),
+            (true, false) => upper.remove(dir, name),
+            (false, _) => upper.whiteout(dir, name),
+        };
+        result.map_err(|e| Error::io(e, op, super::layer_display(self.layer(0), &path)))?;
+        listing.remove(name);
+        if child.lower {
+            listing.upper_whiteouts.insert(name.to_os_string(), true);
+        }
+        Ok(())
+    }
+
+    /// Whether `name` may be removed (ENOENT, ENOTDIR, EISDIR, ENOTEMPTY).
+    pub fn check_remove(
+        &self,
+        parent: &Resolved,
+        listing: &Listing,
+        name: &OsStr,
+        want_dir: bool,
+    ) -> Result<Child> {
+        let op = if want_dir { "rmdir" } else { "unlink" };
+        let path = parent
+            .path
+            .join(name)
+            .map_err(|e| Error::io(e, op, &parent.path))?;
+        let child = listing
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::errno(libc::ENOENT, op, &path))?;
+        let is_dir = child.kind == FileKind::Dir;
+        if want_dir && !is_dir {
+            return Err(Error::errno(libc::ENOTDIR, op, &path));
+        }
+        if !want_dir && is_dir {
+            return Err(Error::errno(libc::EISDIR, op, &path));
+        }
+        if is_dir && !self.dir_is_empty(parent, &child, &path)? {
+            return Err(Error::errno(libc::ENOTEMPTY, op, &path));
+        }
+        Ok(child)
+    }
+
+    /// Whether a child directory shows nothing through the mount.
+    fn dir_is_empty(&self, parent: &Resolved, child: &Child, path: &RelPath) -> Result<bool> {
+        let merged = self.child_dir(parent_dir(parent, "readdir")?, child, path)?;
+        Ok(self.read_dir(&merged)?.is_empty())
+    }
+
+    /// The redirect to record on a directory that moves from `src_parent`
+    /// to `dst_parent`: its lower path, relative when only its name
+    /// changes (the kernel's choice), else absolute.
+    fn redirect_for(
+        &self,
+        src_parent: &Resolved,
+        child: &Child,
+        from: &RelPath,
+        same_dir: bool,
+    ) -> Result<Vec<u8>> {
+        let pdir = parent_dir(src_parent, "rename")?;
+        let lower = self.child_dir(pdir, child, from)?.lower_path;
+        let (lower_parent, lower_name) = lower.split();
+        if same_dir && lower_parent == pdir.lower_path {
+            return Ok(std::os::unix::ffi::OsStrExt::as_bytes(lower_name).to_vec());
+        }
+        let mut abs = b"/".to_vec();
+        if !lower.is_root() {
+            abs.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(lower.as_os_str()));
+        }
+        if abs.len() > REDIRECT_MAX {
+            // The kernel's limit (redirect_max): beyond it, it answers EXDEV
+            // and the caller copies the tree instead.
+            return Err(Error::new(libc::EXDEV, "rename", from, "redirect too long"));
+        }
+        Ok(abs)
+    }
+
+    /// rename(2) inside the union. Both parents are in the upper, and so is
+    /// the source (copied up by the caller) unless it is a directory with
+    /// lower content: that needs a redirect, which is not written yet, so
+    /// it is refused with EXDEV as the kernel does without redirect_dir.
+    /// `dst_listing` is None when both names are in one directory.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rename(
+        &self,
+        src_parent: &Resolved,
+        src_listing: &mut Listing,
+        name: &OsStr,
+        dst_parent: &Resolved,
+        mut dst_listing: Option<&mut Listing>,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        let from = src_parent
+            .path
+            .join(name)
+            .map_err(|e| Error::io(e, "rename", &src_parent.path))?;
+        let to = dst_parent
+            .path
+            .join(newname)
+            .map_err(|e| Error::io(e, "rename", &dst_parent.path))?;
+        let upper = self.upper_layer("rename", &from)?;
+        let src = src_listing
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::errno(libc::ENOENT, "rename", &from))?;
+        let dst_view = dst_listing.as_deref().unwrap_or(src_listing);
+        let target = dst_view.get(newname).cloned();
+        let target_whiteout = dst_view.upper_whiteouts.get(newname).copied();
+        if is_reserved_name(upper, newname) {
+            return Err(Error::new(
+                libc::EINVAL,
+                "rename",
+                &to,
+                "name reserved for OCI whiteouts",
+            ));
+        }
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if flags & libc::RENAME_NOREPLACE != 0 && target.is_some() {
+            return Err(Error::errno(libc::EEXIST, "rename", &to));
+        }
+        if exchange && target.is_none() {
+            return Err(Error::errno(libc::ENOENT, "rename", &to));
+        }
+        if let Some(t) = &target {
+            if t.ino == src.ino && !exchange {
+                return Ok(()); // two names of one file: nothing to do
+            }
+            let (s_dir, t_dir) = (src.kind == FileKind::Dir, t.kind == FileKind::Dir);
+            if !exchange {
+                if s_dir && !t_dir {
+                    return Err(Error::errno(libc::ENOTDIR, "rename", &to));
+                }
+                if !s_dir && t_dir {
+                    return Err(Error::errno(libc::EISDIR, "rename", &to));
+                }
+                if t_dir && !self.dir_is_empty(dst_parent, t, &to)? {
+                    return Err(Error::errno(libc::ENOTEMPTY, "rename", &to));
+                }
+            }
+        }
+        // A directory with lower content keeps it through a redirect, in
+        // O(1): its content is not copied (the kernel with redirect_dir=on).
+        let same_dir = src_parent.upath == dst_parent.upath;
+        let has_lower = |c: &Child| c.kind == FileKind::Dir && c.dir_layers.iter().any(|&l| l > 0);
+        let src_redirect = if has_lower(&src) {
+            Some(self.redirect_for(src_parent, &src, &from, same_dir)?)
+        } else {
+            None
+        };
+        let target_redirect = match &target {
+            Some(t) if exchange && has_lower(t) => {
+                Some(self.redirect_for(dst_parent, t, &to, same_dir)?)
+            }
+            _ => None,
+        };
+        if src.layer != 0 || (exchange && target.as_ref().is_some_and(|t| t.layer != 0)) {
+            return Err(Error::new(
+                libc::EIO,
+                "rename",
+                &from,
+                "source not copied up",
+            ));
+        }
+        let sdir = self.upper_dir("rename", &src_parent.path)?;
+        let ddir = self.upper_dir("rename", &dst_parent.path)?;
+        let (sfd, dfd) = (
+            std::os::fd::AsFd::as_fd(&sdir),
+            std::os::fd::AsFd::as_fd(&ddir),
+        );
+        let io_err =
+            |e: io::Error| Error::io(e, "rename", super::layer_display(self.layer(0), &from));
+        let dst_lower = target
+            .as_ref()
+            .map(|t| t.lower || t.layer > 0)
+            .unwrap_or(false)
+            || target_whiteout.unwrap_or(false);
+
+        if let Some(r) = &src_redirect {
+            upper.set_redirect(sfd, name, r).map_err(io_err)?;
+        }
+        if let Some(r) = &target_redirect {
+            upper.set_redirect(dfd, newname, r).map_err(io_err)?;
+        }
+        if exchange {
+            let t = target
+                .clone()
+                .ok_or_else(|| Error::errno(libc::ENOENT, "rename", &to))?;
+            // A directory landing where lower content exists must hide it,
+            // unless a redirect says where its own lower content is.
+            if src.kind == FileKind::Dir && dst_lower && src_redirect.is_none() {
+                upper.mark_opaque(sfd, &cstring(name)?).map_err(io_err)?;
+            }
+            if t.kind == FileKind::Dir && src.lower && target_redirect.is_none() {
+                upper.mark_opaque(dfd, &cstring(newname)?).map_err(io_err)?;
+            }
+            upper
+                .rename(sfd, name, dfd, newname, libc::RENAME_EXCHANGE, false)
+                .map_err(io_err)?;
+            let mut moved_src = src.clone();
+            moved_src.name = newname.to_os_string();
+            moved_src.lower = t.lower || t.layer > 0;
+            let mut moved_dst = t;
+            moved_dst.name = name.to_os_string();
+            moved_dst.lower = src.lower;
+            src_listing.upsert(moved_dst);
+            dst_listing
+                .as_deref_mut()
+                .unwrap_or(src_listing)
+                .upsert(moved_src);
+            return Ok(());
+        }
+
+        // Make room at the target.
+        if let Some(t) = &target {
+            if t.kind == FileKind::Dir && t.layer == 0 {
+                // Empty as seen through the mount, but it may still hold
+                // whiteouts: clear them so rename can replace it.
+                upper.clear_to_opaque(dfd, newname).map_err(io_err)?;
+            }
+        } else if target_whiteout.is_some() && src.kind == FileKind::Dir {
+            // rename(2) cannot put a directory over a char device.
+            upper.remove_whiteout(dfd, newname).map_err(io_err)?;
+        }
+        if src.kind == FileKind::Dir && dst_lower && src_redirect.is_none() {
+            upper.mark_opaque(sfd, &cstring(name)?).map_err(io_err)?;
+        }
+        upper
+            .rename(sfd, name, dfd, newname, 0, src.lower)
+            .map_err(io_err)?;
+        if upper.format() == WhiteoutFormat::Oci
+            && target_whiteout.is_some()
+            && src.kind != FileKind::Dir
+        {
+            upper.remove_whiteout(dfd, newname).map_err(io_err)?;
+        }
+        src_listing.remove(name);
+        if src.lower {
+            src_listing
+                .upper_whiteouts
+                .insert(name.to_os_string(), true);
+        }
+        let dst = dst_listing.unwrap_or(src_listing);
+        dst.upper_whiteouts.remove(newname);
+        let mut moved = src;
+        moved.name = newname.to_os_string();
+        moved.lower = dst_lower;
+        dst.upsert(moved);
+        Ok(())
+    }
+
+    /// link(2): a new name in `parent` for the upper object `obj`.
+    pub fn link(
+        &self,
+        obj: &Resolved,
+        parent: &Resolved,
+        listing: &mut Listing,
+        newname: &OsStr,
+    ) -> Result<Stat> {
+        let to = parent
+            .path
+            .join(newname)
+            .map_err(|e| Error::io(e, "link", &parent.path))?;
+        let upper = self.upper_layer("link", &to)?;
+        if listing.get(newname).is_some() {
+            return Err(Error::errno(libc::EEXIST, "link", &to));
+        }
+        if obj.layer != 0 {
+            return Err(Error::new(
+                libc::EIO,
+                "link",
+                &obj.path,
+                "source not copied up",
+            ));
+        }
+        let whiteout = listing.upper_whiteouts.get(newname).copied();
+        let (sparent, sname) = obj.path.split();
+        let sdir = self.upper_dir("link", &sparent)?;
+        let ddir = self.upper_dir("link", &parent.path)?;
+        let stat = upper
+            .link(
+                std::os::fd::AsFd::as_fd(&sdir),
+                sname,
+                std::os::fd::AsFd::as_fd(&ddir),
+                newname,
+                whiteout.is_some(),
+            )
+            .map_err(|e| Error::io(e, "link", super::layer_display(self.layer(0), &to)))?;
+        listing.upper_whiteouts.remove(newname);
+        listing.upsert(Child {
+            name: newname.to_os_string(),
+            kind: obj.kind,
+            layer: 0,
+            ino: obj.ino,
+            dir_layers: Vec::new(),
+            lower: whiteout.unwrap_or(false),
+        });
+        Ok(stat)
+    }
+
+    /// Apply a setattr to an upper object; returns its new stat.
+    pub fn set_attr(&self, obj: &Resolved, change: &AttrChange) -> Result<Stat> {
+        self.upper_layer("setattr", &obj.path)?;
+        if obj.layer != 0 {
+            return Err(Error::new(libc::EIO, "setattr", &obj.path, "not copied up"));
+        }
+        let (parent, name) = obj.path.split();
+        let dir = self.upper_dir("setattr", &parent)?;
+        let dfd = std::os::fd::AsFd::as_fd(&dir);
+        let cname = cstring(name)?;
+        let err =
+            |e: io::Error| Error::io(e, "setattr", super::layer_display(self.layer(0), &obj.path));
+        if let Some(size) = change.size {
+            let f = self
+                .layer(0)
+                .open_beneath(&obj.path, libc::O_WRONLY | libc::O_NOFOLLOW)
+                .map_err(err)?;
+            let len = i64::try_from(size)
+                .map_err(|_| Error::errno(libc::EFBIG, "truncate", &obj.path))?;
+            // SAFETY: valid fd.
+            if unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&f), len) } < 0 {
+                return Err(err(io::Error::last_os_error()));
+            }
+        }
+        if change.uid.is_some() || change.gid.is_some() {
+            let uid = change.uid.unwrap_or(u32::MAX);
+            let gid = change.gid.unwrap_or(u32::MAX);
+            // SAFETY: valid fd and C string; -1 leaves an id unchanged.
+            let r = unsafe {
+                libc::fchownat(
+                    std::os::fd::AsRawFd::as_raw_fd(&dfd),
+                    cname.as_ptr(),
+                    uid,
+                    gid,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            };
+            if r < 0 {
+                return Err(err(io::Error::last_os_error()));
+            }
+        }
+        if let Some(mode) = change.mode {
+            // SAFETY: valid fd and C string.
+            let r = unsafe {
+                libc::fchmodat(
+                    std::os::fd::AsRawFd::as_raw_fd(&dfd),
+                    cname.as_ptr(),
+                    mode & 0o7777,
+                    0,
+                )
+            };
+            if r < 0 {
+                return Err(err(io::Error::last_os_error()));
+            }
+        }
+        if change.atime.is_some() || change.mtime.is_some() {
+            let omit = (0, libc::UTIME_OMIT);
+            upper::set_times(
+                dfd,
+                &cname,
+                change.atime.unwrap_or(omit),
+                change.mtime.unwrap_or(omit),
+            )
+            .map_err(err)?;
+        }
+        self.upper_stat("setattr", &obj.path)
+    }
+
+    /// Set (`Some(value)`) or remove (`None`) an xattr of an upper object.
+    pub fn write_xattr(
+        &self,
+        obj: &Resolved,
+        key: &OsStr,
+        value: Option<&[u8]>,
+        flags: i32,
+    ) -> Result<()> {
+        let op = if value.is_some() {
+            "setxattr"
+        } else {
+            "removexattr"
+        };
+        let upper = self.upper_layer(op, &obj.path)?;
+        if whiteout::is_private_xattr(std::os::unix::ffi::OsStrExt::as_bytes(key)) {
+            return Err(Error::errno(libc::EPERM, op, &obj.path));
+        }
+        let (parent, name) = obj.path.split();
+        let dir = self.upper_dir(op, &parent)?;
+        let dfd = std::os::fd::AsFd::as_fd(&dir);
+        match value {
+            Some(v) => upper.set_xattr(dfd, name, key, v, flags),
+            None => upper.remove_xattr(dfd, name, key),
+        }
+        .map_err(|e| Error::io(e, op, super::layer_display(self.layer(0), &obj.path)))
+    }
+
+    /// Re-read what the upper says of an upper object.
+    pub fn restat(&self, obj: &Resolved) -> Result<Stat> {
+        self.layer(obj.layer).stat(&obj.path).map_err(|e| {
+            Error::io(
+                e,
+                "stat",
+                super::layer_display(self.layer(obj.layer), &obj.path),
+            )
+        })
+    }
+}
+
+/// The longest redirect written, as the kernel's default `redirect_max`.
+const REDIRECT_MAX: usize = 256;
+
+fn parent_dir<'a>(parent: &'a Resolved, op: &'static str) -> Result<&'a MergedDir> {
+    parent
+        .dir
+        .as_ref()
+        .ok_or_else(|| Error::errno(libc::ENOTDIR, op, &parent.upath))
+}
+
+/// In an OCI-format upper, `.wh.*` names are whiteouts: a file cannot be
+/// called that.
+fn is_reserved_name(upper: &Upper, name: &OsStr) -> bool {
+    upper.format() == WhiteoutFormat::Oci
+        && std::os::unix::ffi::OsStrExt::as_bytes(name).starts_with(whiteout::OCI_WHITEOUT_PREFIX)
+}
+
+fn cstring(name: &OsStr) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(name))
+        .map_err(|_| Error::errno(libc::EINVAL, "name", name.to_string_lossy()))
+}
