@@ -11,7 +11,7 @@ use fuser::{FileAttr, FileHandle, Generation, INodeNo, Request, TimeOrNow};
 
 use super::{Handle, LayerFs, Node};
 use crate::error::{Error, Result};
-use crate::layers::{FileKind, NewObject};
+use crate::layers::{FileKind, NewObject, RelPath};
 use crate::union::{AttrChange, Resolved};
 
 impl LayerFs {
@@ -186,11 +186,16 @@ impl LayerFs {
         {
             self.name_removed(ino, &dp, newname);
         }
-        let mut moves = vec![(src.clone(), dst_dir.ino, newname, &dp)];
+        let join = |p: &Resolved, n: &OsStr| {
+            p.upath
+                .join(n)
+                .map_err(|e| Error::io(e, "rename", &p.upath))
+        };
+        let mut moves = vec![(src.clone(), join(&sp, name)?, dst_dir.ino, newname, &dp)];
         if flags & libc::RENAME_EXCHANGE != 0
             && let Some(t) = &target
         {
-            moves.push((t.clone(), src_dir.ino, name, &sp));
+            moves.push((t.clone(), join(&dp, newname)?, src_dir.ino, name, &sp));
         }
         self.moved(&moves);
         Ok(())
@@ -222,13 +227,24 @@ impl LayerFs {
 
     /// Nodes now live at `parent/name` (they are in the upper). Applied at
     /// once, so the two sides of an exchange do not move each other back.
-    fn moved(&self, moves: &[(Arc<Node>, u64, &OsStr, &Resolved)]) {
+    /// Each move: the node, the union path of the name that moved, and
+    /// where it went.
+    fn moved(&self, moves: &[(Arc<Node>, RelPath, u64, &OsStr, &Resolved)]) {
         let mut rebases = Vec::new();
-        for (node, parent_ino, name, parent) in moves {
+        for (node, old_path, parent_ino, name, parent) in moves {
             let Ok(new_path) = parent.upath.join(name) else {
                 continue;
             };
-            let old_path = node.state().obj.upath.clone();
+            if node.state().obj.upath != *old_path {
+                // Another name of a hard-linked file moved.
+                node.update(|s| {
+                    for alias in s.aliases.iter_mut().filter(|a| a.2 == *old_path) {
+                        *alias = (*parent_ino, name.to_os_string(), new_path.clone());
+                    }
+                });
+                continue;
+            }
+            let old_path = old_path.clone();
             node.update(|s| {
                 s.parent = *parent_ino;
                 s.name = name.to_os_string();

@@ -265,22 +265,21 @@ impl Layer {
         Some(st.is_dir())
     }
 
-    /// The xattrs of `rel` that a user may see (overlay's own are hidden).
+    /// The xattrs of `rel` as the mount shows them (overlay's own hidden,
+    /// escaped ones unescaped).
     pub fn list_xattrs(&self, rel: &RelPath, is_dir: bool) -> io::Result<Vec<OsString>> {
         let names = self.with_xattr_target(rel, is_dir, sys::list_xattrs)?;
         Ok(names
             .into_iter()
-            .filter(|n| !whiteout::is_private_xattr(n.as_bytes()))
+            .filter_map(|n| whiteout::shown_xattr_name(n.as_bytes()))
+            .map(std::os::unix::ffi::OsStringExt::from_vec)
             .collect())
     }
 
-    /// One xattr of `rel`; ENODATA for overlay's private ones.
+    /// One xattr of `rel`, by the name the mount shows.
     pub fn get_xattr(&self, rel: &RelPath, is_dir: bool, name: &OsStr) -> io::Result<Vec<u8>> {
-        if whiteout::is_private_xattr(name.as_bytes()) {
-            return Err(io::Error::from_raw_os_error(libc::ENODATA));
-        }
-        let cname = CString::new(name.as_bytes())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let stored = whiteout::stored_xattr_name(name.as_bytes());
+        let cname = CString::new(stored).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         self.with_xattr_target(rel, is_dir, |target| sys::get_xattr(target, &cname))
     }
 

@@ -402,14 +402,15 @@ impl Upper {
         let is_dir = kind == FileKind::Dir;
         for xname in src_layer.list_xattrs(src, is_dir)? {
             let value = src_layer.get_xattr(src, is_dir, &xname)?;
-            let key = cstr(&xname)?;
+            let key = CString::new(whiteout::stored_xattr_name(xname.as_bytes()))
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
             set_xattr_at(work, tmp, &key, &value)?;
         }
         set_owner_mode(work, tmp, kind, st.uid, st.gid, perm)?;
         set_times(work, tmp, st.atime, st.mtime)
     }
 
-    /// Set an xattr on an upper object.
+    /// Set an xattr on an upper object, by the name the mount shows.
     pub fn set_xattr(
         &self,
         dir: BorrowedFd<'_>,
@@ -419,7 +420,9 @@ impl Upper {
         flags: i32,
     ) -> io::Result<()> {
         with_proc_path(dir, &cstr(name)?, |p| {
-            let k = cstr(key)?;
+            let k = cstr(OsStr::from_bytes(&whiteout::stored_xattr_name(
+                key.as_bytes(),
+            )))?;
             // SAFETY: valid C strings and buffer.
             cvt(unsafe {
                 libc::lsetxattr(
@@ -433,10 +436,12 @@ impl Upper {
         })
     }
 
-    /// Remove an xattr of an upper object.
+    /// Remove an xattr of an upper object, by the name the mount shows.
     pub fn remove_xattr(&self, dir: BorrowedFd<'_>, name: &OsStr, key: &OsStr) -> io::Result<()> {
         with_proc_path(dir, &cstr(name)?, |p| {
-            let k = cstr(key)?;
+            let k = cstr(OsStr::from_bytes(&whiteout::stored_xattr_name(
+                key.as_bytes(),
+            )))?;
             // SAFETY: valid C strings.
             cvt(unsafe { libc::lremovexattr(p.as_ptr(), k.as_ptr()) })
         })

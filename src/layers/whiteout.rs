@@ -176,9 +176,31 @@ fn has_whiteout_xattr(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<bool> {
     Ok(false)
 }
 
-/// Overlay's own xattrs, never shown through the mount.
-pub fn is_private_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
+
+/// The name an xattr stored in a layer shows through the mount: overlay's
+/// own (`trusted.overlay.*`, `user.overlay.*`) are hidden, except escaped
+/// ones (`trusted.overlay.overlay.X`), which show as `trusted.overlay.X` —
+/// the kernel's escaping, which lets an overlay be a layer of another.
+pub fn shown_xattr_name(stored: &[u8]) -> Option<Vec<u8>> {
+    for prefix in OVERLAY_XATTR_PREFIXES {
+        if let Some(rest) = stored.strip_prefix(prefix) {
+            return rest
+                .strip_prefix(b"overlay.")
+                .map(|escaped| [prefix, escaped].concat());
+        }
+    }
+    Some(stored.to_vec())
+}
+
+/// The name under which an xattr set through the mount is stored.
+pub fn stored_xattr_name(shown: &[u8]) -> Vec<u8> {
+    for prefix in OVERLAY_XATTR_PREFIXES {
+        if let Some(rest) = shown.strip_prefix(prefix) {
+            return [prefix, b"overlay.".as_slice(), rest].concat();
+        }
+    }
+    shown.to_vec()
 }
 
 #[cfg(test)]
@@ -186,10 +208,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn private_xattrs() {
-        assert!(is_private_xattr(b"trusted.overlay.opaque"));
-        assert!(is_private_xattr(b"user.overlay.whiteout"));
-        assert!(!is_private_xattr(b"user.overlayish"));
-        assert!(!is_private_xattr(b"user.mime_type"));
+    fn overlay_xattrs_are_hidden_or_escaped() {
+        assert_eq!(shown_xattr_name(b"trusted.overlay.opaque"), None);
+        assert_eq!(shown_xattr_name(b"user.overlay.whiteout"), None);
+        assert_eq!(
+            shown_xattr_name(b"trusted.overlay.overlay.opaque").as_deref(),
+            Some(&b"trusted.overlay.opaque"[..])
+        );
+        assert_eq!(
+            shown_xattr_name(b"user.overlayish").as_deref(),
+            Some(&b"user.overlayish"[..])
+        );
+        assert_eq!(
+            stored_xattr_name(b"trusted.overlay.redirect"),
+            b"trusted.overlay.overlay.redirect"
+        );
+        assert_eq!(stored_xattr_name(b"user.mime_type"), b"user.mime_type");
     }
 }

@@ -578,9 +578,6 @@ impl LayerStack {
             "removexattr"
         };
         let upper = self.upper_layer(op, &obj.path)?;
-        if whiteout::is_private_xattr(std::os::unix::ffi::OsStrExt::as_bytes(key)) {
-            return Err(Error::errno(libc::EPERM, op, &obj.path));
-        }
         let (parent, name) = obj.path.split();
         let dir = self.upper_dir(op, &parent)?;
         let dfd = std::os::fd::AsFd::as_fd(&dir);

@@ -1307,13 +1307,12 @@ const XATTR_NAMES: &[&[u8]] = &[
     b"trusted.t",
 ];
 
-/// Names that overlayfs keeps to itself (rarely tried: a union must refuse
-/// them the way the kernel does).
-const PRIVATE_XATTRS: &[&[u8]] = &[
-    b"trusted.overlay.opaque",
-    b"trusted.overlay.redirect",
-    b"user.overlay.opaque",
-];
+/// Names in overlayfs's own namespace (rarely tried): set through a mount
+/// they are stored escaped (`trusted.overlay.overlay.X`). `user.overlay.*`
+/// is left out on purpose: without `userxattr` the kernel treats it as an
+/// ordinary xattr, while layerfs reads that namespace as overlay markers in
+/// every layer (the userxattr dialect) and so escapes it too.
+const PRIVATE_XATTRS: &[&[u8]] = &[b"trusted.overlay.opaque", b"trusted.overlay.redirect"];
 
 const SYMLINK_TARGETS: &[&[u8]] = &[
     b"a",
