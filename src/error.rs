@@ -60,6 +60,11 @@ impl Error {
                 | libc::ERANGE
                 | libc::ENOTDIR
                 | libc::EISDIR
+                | libc::ENOTEMPTY
+                | libc::EEXIST
+                | libc::ENAMETOOLONG
+                | libc::EXDEV
+                | libc::EPERM
                 | libc::EACCES
                 | libc::EROFS
                 | libc::ENOTSUP

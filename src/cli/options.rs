@@ -850,7 +850,7 @@ fn check_work_empty(w: &Dir) -> Result<(), OptionsError> {
     for entry in entries {
         let entry = entry.map_err(|e| w.err(problem_of(&e)))?;
         let name = entry.file_name();
-        let leftover = (name == "work" || name == "index")
+        let leftover = (name == "work" || name == "index" || name == "layerfs-index")
             && entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
         if !leftover {
             names.push(name.to_string_lossy().into_owned());

@@ -26,7 +26,9 @@ pub use nodes::{Node, NodeState, NodeTable};
 
 use crate::error::{Error, Result};
 use crate::layers::{FileKind, NewObject, Stat};
-use crate::union::{AttrChange, LayerIdx, LayerStack, Listing, fuser_root_ino, layer_display};
+use crate::union::{
+    AttrChange, INDEX_LAYER, LayerIdx, LayerStack, Listing, fuser_root_ino, layer_display,
+};
 
 /// Lower layers never change while mounted, so the kernel may cache what
 /// it learns of them for as long as it likes.
@@ -104,21 +106,23 @@ impl LayerFs {
     fn attr(&self, node: &Node) -> FileAttr {
         let (obj, stale) = {
             let s = node.state();
-            (s.obj.clone(), s.obj.layer == 0 && self.stack.is_writable())
+            let upper_copy = s.obj.layer == 0 || s.obj.layer == INDEX_LAYER;
+            (s.obj.clone(), upper_copy && self.stack.is_writable())
         };
         let stat = if stale {
             match self.stack.restat(&obj) {
-                Ok(st) => {
+                Ok(st) if st.ino == obj.stat.ino && st.dev == obj.stat.dev => {
                     node.update(|s| s.obj.stat = st);
                     st
                 }
-                // Unlinked while open: what we last knew.
-                Err(_) => obj.stat,
+                // Unlinked while open, or its name now holds another
+                // object: what we last knew.
+                _ => obj.stat,
             }
         } else {
             obj.stat
         };
-        let mut nlink = stat.nlink;
+        let mut nlink = self.stack.shown_nlink(&obj, &stat);
         // As the kernel's overlayfs: counting subdirectories of a merged
         // directory is not worth it, and find(1) is happy with 1.
         if obj.dir.as_ref().is_some_and(|d| d.layers.len() > 1) {

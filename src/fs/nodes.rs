@@ -174,12 +174,22 @@ impl NodeTable {
                 // Another name of a hard-linked file: if the name the node
                 // knows is gone (unlinked, renamed over), take this one.
                 let known = node.state().obj.clone();
-                if known.path != obj.path && !still_there(stack, &known) {
-                    node.update(|s| {
-                        s.parent = parent;
-                        s.name = name.to_os_string();
-                        s.obj = obj;
-                    });
+                if known.upath != obj.upath {
+                    if still_there(stack, &known) {
+                        // Remember the name, for when the known one goes.
+                        node.update(|s| {
+                            if !s.aliases.iter().any(|a| a.2 == obj.upath) {
+                                s.aliases
+                                    .push((parent, name.to_os_string(), obj.upath.clone()));
+                            }
+                        });
+                    } else {
+                        node.update(|s| {
+                            s.parent = parent;
+                            s.name = name.to_os_string();
+                            s.obj = obj;
+                        });
+                    }
                 }
                 node.lookups.fetch_add(1, Ordering::Relaxed);
                 Ok(node.clone())

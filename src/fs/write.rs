@@ -129,13 +129,27 @@ impl LayerFs {
         };
         node.update(|s| {
             s.aliases.retain(|a| a.2 != path);
-            if s.obj.upath == path
-                && let Some((p, n, alias)) = s.aliases.pop()
-            {
-                s.parent = p;
-                s.name = n;
-                s.obj.path = alias.clone();
-                s.obj.upath = alias;
+            if s.obj.upath != path {
+                return;
+            }
+            let Some((p, n, alias)) = s.aliases.pop() else {
+                return;
+            };
+            s.parent = p;
+            s.name = n;
+            s.obj.upath = alias.clone();
+            let in_upper = self
+                .stack
+                .layer(0)
+                .stat(&alias)
+                .is_ok_and(|st| st.ino == s.obj.stat.ino && st.dev == s.obj.stat.dev);
+            if in_upper {
+                s.obj.layer = 0;
+                s.obj.path = alias;
+            } else if let Some(key) = s.obj.index_key.clone() {
+                // A lower name: it shows the index copy.
+                s.obj.layer = crate::union::INDEX_LAYER;
+                s.obj.path = key;
             }
         });
     }
@@ -163,11 +177,11 @@ impl LayerFs {
         let replaced = target.as_ref().map(|t| t.ino);
         // (A directory is copied up alone: its content stays below and is
         // found again through the redirect the rename records.)
-        self.ensure_upper(&src)?;
+        self.ensure_name_upper(&src_dir, name, &src)?;
         if flags & libc::RENAME_EXCHANGE != 0
             && let Some(t) = &target
         {
-            self.ensure_upper(t)?;
+            self.ensure_name_upper(&dst_dir, newname, t)?;
         }
         let (sp, dp) = (src_dir.state().obj.clone(), dst_dir.state().obj.clone());
         if src_dir.ino == dst_dir.ino {
@@ -198,6 +212,40 @@ impl LayerFs {
             moves.push((t.clone(), join(&dp, newname)?, src_dir.ino, name, &sp));
         }
         self.moved(&moves);
+        Ok(())
+    }
+
+    /// Copy up the name `dir/name` of `node` itself. A hard-linked file has
+    /// one node for all its names, and a rename must move the name it was
+    /// given, which may not be the one the node knows.
+    fn ensure_name_upper(&self, dir: &Arc<Node>, name: &OsStr, node: &Arc<Node>) -> Result<()> {
+        let listing = dir.listing(&self.stack)?;
+        let Some(child) = listing.get(name).cloned() else {
+            return Err(Error::errno(
+                libc::ENOENT,
+                "copy up",
+                name.to_string_lossy(),
+            ));
+        };
+        if child.layer == 0 {
+            return Ok(());
+        }
+        let merged = dir.state().obj.dir.clone();
+        let merged =
+            merged.ok_or_else(|| Error::errno(libc::ENOTDIR, "copy up", name.to_string_lossy()))?;
+        let obj = self.stack.resolve(&merged, &child)?;
+        let copied = dir.edit_listing(&self.stack, |l| self.stack.copy_up(&obj, l))?;
+        node.update(|s| {
+            if s.obj.upath == copied.upath || s.obj.layer != 0 {
+                // The name the node knows (or a node not in the upper yet).
+                s.parent = dir.ino;
+                s.name = name.to_os_string();
+                s.obj = copied;
+            } else if !s.aliases.iter().any(|a| a.2 == copied.upath) {
+                s.aliases
+                    .push((dir.ino, name.to_os_string(), copied.upath.clone()));
+            }
+        });
         Ok(())
     }
 

@@ -46,7 +46,17 @@ pub struct Upper {
     /// fsync copied-up files before they become visible (not with volatile).
     durable: bool,
     counter: AtomicU64,
+    /// Copies of hard-linked lower files, by lower identity, so every name
+    /// of one lower file shares one upper inode (the kernel's index=on).
+    index: Layer,
 }
+
+/// Where the hard-link index lives inside the work dir. Not the kernel's
+/// `index/`, whose entry names are file handles it verifies at mount.
+const INDEX_SUBDIR: &CStr = c"layerfs-index";
+
+/// The longest name a filesystem takes.
+const NAME_MAX: usize = 255;
 
 /// The name the kernel's overlayfs uses for its temporary area inside the
 /// work dir; sharing it keeps an upper/work pair mountable by either.
@@ -88,7 +98,17 @@ impl Upper {
             libc::O_RDONLY | libc::O_DIRECTORY,
         )?;
         remove_contents(work.as_fd())?;
+        // SAFETY: valid fd and C string.
+        let made = unsafe { libc::mkdirat(root.as_raw_fd(), INDEX_SUBDIR.as_ptr(), 0o700) };
+        if made < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(e);
+            }
+        }
+        let index = Layer::open(&work_dir.join(OsStr::from_bytes(INDEX_SUBDIR.to_bytes())))?;
         Ok(Upper {
+            index,
             work,
             format,
             xattr_prefix: if userxattr {
@@ -103,6 +123,92 @@ impl Upper {
 
     pub fn format(&self) -> WhiteoutFormat {
         self.format
+    }
+
+    /// The hard-link index, read like a layer (entries at its root).
+    pub fn index(&self) -> &Layer {
+        &self.index
+    }
+
+    /// The index entry name of a lower inode.
+    pub fn index_key(st: &Stat) -> RelPath {
+        RelPath::from_bytes(format!("{:x}-{:x}", st.dev, st.ino).as_bytes())
+            .unwrap_or_else(RelPath::root)
+    }
+
+    /// How many more (or fewer) names the union shows for an indexed
+    /// inode than the upper filesystem counts: the kernel's
+    /// `overlay.nlink` xattr, "U+N" relative to the upper link count.
+    pub fn nlink_diff(&self, layer: &Layer, rel: &RelPath) -> Option<i64> {
+        let (parent, name) = rel.split();
+        let pfd = layer
+            .open_beneath(&parent, libc::O_PATH | libc::O_DIRECTORY)
+            .ok()?;
+        let key = self.xattr_name("nlink");
+        let value = with_proc_path(pfd.as_fd(), &cstr(name).ok()?, |p| {
+            sys::get_xattr(sys::XattrTarget::Path(p), &key)
+        })
+        .ok()?;
+        std::str::from_utf8(value.strip_prefix(b"U")?)
+            .ok()?
+            .parse()
+            .ok()
+    }
+
+    /// Make sure a hard-linked lower file has its index copy (made without
+    /// any upper name), so a name of it can go while the others stay.
+    pub fn ensure_indexed(
+        &self,
+        src_layer: &Layer,
+        src: &RelPath,
+        st: &Stat,
+        key: &RelPath,
+    ) -> io::Result<()> {
+        let idx = self.index.root_fd();
+        if sys::fstatat_nofollow(idx, key.as_c_str()).is_ok() {
+            return Ok(());
+        }
+        let tmp = self.tmp_name();
+        let work = self.work.as_fd();
+        let result = self.build_copy(src_layer, src, st, &tmp).and_then(|()| {
+            // Upper count: the index entry alone.
+            self.set_nlink_diff(work, &tmp, i64::try_from(st.nlink).unwrap_or(1) - 1)?;
+            // SAFETY: valid fds and C strings.
+            cvt(unsafe {
+                libc::linkat(
+                    work.as_raw_fd(),
+                    tmp.as_ptr(),
+                    idx.as_raw_fd(),
+                    key.as_c_str().as_ptr(),
+                    0,
+                )
+            })
+        });
+        let _ = remove_entry(work, &tmp);
+        result
+    }
+
+    /// Change the name count of an indexed inode by `delta`.
+    pub fn adjust_nlink(&self, key: &RelPath, delta: i64) -> io::Result<()> {
+        let diff = self.nlink_diff(&self.index, key).unwrap_or(0) + delta;
+        self.set_nlink_diff(self.index.root_fd(), key.as_c_str(), diff)
+    }
+
+    fn set_nlink_diff(&self, dir: BorrowedFd<'_>, name: &CStr, diff: i64) -> io::Result<()> {
+        let key = self.xattr_name("nlink");
+        let value = format!("U{diff:+}");
+        with_proc_path(dir, name, |p| {
+            // SAFETY: valid C strings and buffer.
+            cvt(unsafe {
+                libc::lsetxattr(
+                    p.as_ptr(),
+                    key.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
+            })
+        })
     }
 
     fn tmp_name(&self) -> CString {
@@ -191,7 +297,11 @@ impl Upper {
             }
             WhiteoutFormat::Oci => {
                 let marker = CString::new(whiteout::OCI_OPAQUE_MARKER).unwrap_or_default();
-                create_empty(fd.as_fd(), &marker)
+                match create_empty(fd.as_fd(), &marker) {
+                    // Opaque already.
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+                    other => other,
+                }
             }
         }
     }
@@ -219,7 +329,16 @@ impl Upper {
 
     /// Put a whiteout for `name` into `dir`, where nothing is.
     pub fn whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        // `.wh.NAME` cannot be longer than any name: for the longest names
+        // an OCI upper gets the overlay form, which every reader of ours
+        // understands too.
+        let oci_fits = name.len() + whiteout::OCI_WHITEOUT_PREFIX.len() <= NAME_MAX;
         match self.format {
+            WhiteoutFormat::Oci if !oci_fits => {
+                let c = cstr(name)?;
+                // SAFETY: valid fd and C string.
+                cvt(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), libc::S_IFCHR, 0) })
+            }
             WhiteoutFormat::Overlay => {
                 let c = cstr(name)?;
                 // SAFETY: valid fd and C string.
@@ -266,17 +385,11 @@ impl Upper {
     }
 
     /// Remove every whiteout and opaque marker inside the upper directory
-    /// `dir/name` (it must hold nothing else) and make it opaque, so it can
-    /// stand empty in place of a merged directory.
-    pub fn clear_to_opaque(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-        let cname = cstr(name)?;
-        let fd = sys::openat_beneath(
-            dir,
-            &cname,
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        )?;
-        remove_contents(fd.as_fd())?;
-        self.mark_opaque(dir, &cname)
+    /// `dir/name` (it must hold nothing else), so rename(2) can replace it.
+    pub fn clear(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        let fd = sys::openat_beneath(dir, &cstr(name)?, flags)?;
+        remove_contents(fd.as_fd())
     }
 
     /// Rename within the upper; `flags` as renameat2 takes them. With
@@ -314,6 +427,11 @@ impl Upper {
     /// Copy a lower object into the upper as `dir/name`: built in the work
     /// dir with its data, owner, mode, xattrs and times, fsynced, then
     /// renamed into place, so a crash never leaves a partial copy visible.
+    ///
+    /// With `index_key` (a hard-linked lower file) the copy is also linked
+    /// into the index, or, when an earlier name made it already, that copy
+    /// is linked here instead of copying again.
+    #[allow(clippy::too_many_arguments)]
     pub fn copy_up(
         &self,
         src_layer: &Layer,
@@ -321,14 +439,51 @@ impl Upper {
         st: &Stat,
         dir: BorrowedFd<'_>,
         name: &OsStr,
+        index_key: Option<&RelPath>,
     ) -> io::Result<Stat> {
         let tmp = self.tmp_name();
         let work = self.work.as_fd();
         // A copy-up is not a change the user made: the parent keeps its
         // times, as with the kernel's overlayfs.
         let parent = sys::fstat(dir)?;
-        let result = self
-            .build_copy(src_layer, src, st, &tmp)
+        let idx = self.index.root_fd();
+        let indexed = index_key.is_some_and(|k| sys::fstatat_nofollow(idx, k.as_c_str()).is_ok());
+        let build = || -> io::Result<()> {
+            match index_key {
+                Some(key) if indexed => {
+                    // SAFETY: valid fds and C strings.
+                    cvt(unsafe {
+                        libc::linkat(
+                            idx.as_raw_fd(),
+                            key.as_c_str().as_ptr(),
+                            work.as_raw_fd(),
+                            tmp.as_ptr(),
+                            0,
+                        )
+                    })?;
+                    // One more upper name, the same names in the union.
+                    self.adjust_nlink(key, -1)
+                }
+                Some(key) => {
+                    self.build_copy(src_layer, src, st, &tmp)?;
+                    let shown = i64::try_from(st.nlink).unwrap_or(1);
+                    // Upper count: the index entry and this name.
+                    self.set_nlink_diff(work, &tmp, shown - 2)?;
+                    // SAFETY: valid fds and C strings.
+                    cvt(unsafe {
+                        libc::linkat(
+                            work.as_raw_fd(),
+                            tmp.as_ptr(),
+                            idx.as_raw_fd(),
+                            key.as_c_str().as_ptr(),
+                            0,
+                        )
+                    })
+                }
+                None => self.build_copy(src_layer, src, st, &tmp),
+            }
+        };
+        let result = build()
             .and_then(|()| self.install(&tmp, dir, name, false))
             .and_then(|()| set_fd_times(dir, parent.atime, parent.mtime));
         if result.is_err() {

@@ -20,6 +20,10 @@ use crate::layers::{FileKind, Layer, RawKind, RelPath, Stat, Upper};
 /// Index of a layer in the stack; 0 is the top.
 pub type LayerIdx = u32;
 
+/// Where an object lives when it is the shared upper copy of a
+/// hard-linked lower file, reached through a name not copied up yet.
+pub const INDEX_LAYER: LayerIdx = LayerIdx::MAX;
+
 /// The layers of one mount, top first. With a writable upper layer, it is
 /// layer 0 and `upper` holds its work directory.
 #[derive(Debug)]
@@ -133,6 +137,9 @@ pub struct Resolved {
     pub stat: Stat,
     /// Set for directories.
     pub dir: Option<MergedDir>,
+    /// For a hard-linked lower file with an index copy: its index entry,
+    /// where the node goes when the upper name it had is removed.
+    pub index_key: Option<RelPath>,
 }
 
 /// How a name stands while layers are merged top-down.
@@ -194,7 +201,10 @@ impl LayerStack {
     }
 
     pub fn layer(&self, idx: LayerIdx) -> &Layer {
-        &self.layers[idx as usize]
+        match (&self.upper, idx) {
+            (Some(upper), INDEX_LAYER) => upper.index(),
+            _ => &self.layers[idx as usize],
+        }
     }
 
     pub fn inos(&self) -> &InoMap {
@@ -221,6 +231,7 @@ impl LayerStack {
                 lower_path: path,
                 layers: (0..self.layers.len() as LayerIdx).collect(),
             }),
+            index_key: None,
         })
     }
 
@@ -357,6 +368,20 @@ impl LayerStack {
         } else {
             None
         };
+        // Another name of a hard-linked lower file was copied up: this
+        // name shows that copy too.
+        if let Some((key, st)) = self.indexed(child.layer, kind, &stat) {
+            return Ok(Resolved {
+                ino: child.ino,
+                kind,
+                layer: INDEX_LAYER,
+                path: key.clone(),
+                upath,
+                stat: st,
+                dir: None,
+                index_key: Some(key),
+            });
+        }
         Ok(Resolved {
             // The listing's number: the same one readdir reports, and the
             // one a copied-up object keeps.
@@ -367,7 +392,36 @@ impl LayerStack {
             upath,
             stat,
             dir,
+            index_key: None,
         })
+    }
+
+    /// The index entry of a hard-linked lower object, if it was copied up.
+    pub fn indexed(&self, layer: LayerIdx, kind: FileKind, st: &Stat) -> Option<(RelPath, Stat)> {
+        let upper = self.upper.as_ref()?;
+        if layer == 0 || layer == INDEX_LAYER || kind == FileKind::Dir || st.nlink < 2 {
+            return None;
+        }
+        let key = Upper::index_key(st);
+        let entry = upper.index().stat(&key).ok()?;
+        Some((key, entry))
+    }
+
+    /// The link count the union shows for an object with real stat `st`.
+    pub fn shown_nlink(&self, obj: &Resolved, st: &Stat) -> u64 {
+        // An indexed copy has one link of its own (the index entry).
+        let indexed = obj.layer == INDEX_LAYER || (obj.layer == 0 && st.nlink > 1);
+        match &self.upper {
+            Some(upper) if indexed && obj.kind != FileKind::Dir => {
+                let diff = upper
+                    .nlink_diff(self.layer(obj.layer), &obj.path)
+                    .unwrap_or(0);
+                u64::try_from(i64::try_from(st.nlink).unwrap_or(1) + diff)
+                    .unwrap_or(1)
+                    .max(1)
+            }
+            _ => st.nlink,
+        }
     }
 
     /// The layers merging into the child directory `child` of `parent`: by

@@ -65,6 +65,13 @@ impl LayerStack {
         let (parent, name) = obj.upath.split();
         let dir = self.upper_dir("copy up", &parent)?;
         let src = self.layer(obj.layer);
+        let index_key = if obj.layer == super::INDEX_LAYER {
+            Some(obj.path.clone())
+        } else if obj.kind != FileKind::Dir && obj.stat.nlink > 1 {
+            Some(Upper::index_key(&obj.stat))
+        } else {
+            None
+        };
         let stat = upper
             .copy_up(
                 src,
@@ -72,9 +79,11 @@ impl LayerStack {
                 &obj.stat,
                 std::os::fd::AsFd::as_fd(&dir),
                 name,
+                index_key.as_ref(),
             )
             .map_err(|e| Error::io(e, "copy up", super::layer_display(src, &obj.path)))?;
         let mut copied = obj.clone();
+        copied.index_key = index_key;
         copied.layer = 0;
         copied.path = obj.upath.clone();
         copied.stat = stat;
@@ -175,6 +184,7 @@ impl LayerStack {
                 lower_path,
                 layers: dir_layers,
             }),
+            index_key: None,
         })
     }
 
@@ -196,17 +206,51 @@ impl LayerStack {
         let child = self.check_remove(parent, listing, name, want_dir)?;
         let dir = self.upper_dir(op, &parent.path)?;
         let dir = std::os::fd::AsFd::as_fd(&dir);
+        let indexed = self.lower_alias_key(parent, &child, op)?;
         let result = match (child.layer == 0, child.lower) {
             (true, true) => upper.replace_with_whiteout(dir, name),
             (true, false) => upper.remove(dir, name),
             (false, _) => upper.whiteout(dir, name),
         };
         result.map_err(|e| Error::io(e, op, super::layer_display(self.layer(0), &path)))?;
+        if let Some(key) = indexed {
+            upper
+                .adjust_nlink(&key, -1)
+                .map_err(|e| Error::io(e, op, super::layer_display(self.layer(0), &path)))?;
+        }
         listing.remove(name);
         if child.lower {
             listing.upper_whiteouts.insert(name.to_os_string(), true);
         }
         Ok(())
+    }
+
+    /// A lower name of a hard-linked file is about to go: its index copy
+    /// (made now if none) keeps count of the names left. Returns the key
+    /// whose count must drop once the name is gone.
+    fn lower_alias_key(
+        &self,
+        parent: &Resolved,
+        child: &Child,
+        op: &'static str,
+    ) -> Result<Option<RelPath>> {
+        if child.layer == 0 || child.kind == FileKind::Dir {
+            return Ok(None);
+        }
+        let upper = self.upper_layer(op, &parent.upath)?;
+        let r = self.resolve(parent_dir(parent, op)?, child)?;
+        if r.layer == super::INDEX_LAYER {
+            return Ok(Some(r.path));
+        }
+        if r.stat.nlink < 2 {
+            return Ok(None);
+        }
+        let key = Upper::index_key(&r.stat);
+        let src = self.layer(r.layer);
+        upper
+            .ensure_indexed(src, &r.path, &r.stat, &key)
+            .map_err(|e| Error::io(e, op, super::layer_display(src, &r.path)))?;
+        Ok(Some(key))
     }
 
     /// Whether `name` may be removed (ENOENT, ENOTDIR, EISDIR, ENOTEMPTY).
@@ -409,12 +453,16 @@ impl LayerStack {
             return Ok(());
         }
 
+        let replaced_alias = match &target {
+            Some(t) if t.ino != src.ino => self.lower_alias_key(dst_parent, t, "rename")?,
+            _ => None,
+        };
         // Make room at the target.
         if let Some(t) = &target {
             if t.kind == FileKind::Dir && t.layer == 0 {
                 // Empty as seen through the mount, but it may still hold
                 // whiteouts: clear them so rename can replace it.
-                upper.clear_to_opaque(dfd, newname).map_err(io_err)?;
+                upper.clear(dfd, newname).map_err(io_err)?;
             }
         } else if target_whiteout.is_some() && src.kind == FileKind::Dir {
             // rename(2) cannot put a directory over a char device.
@@ -431,6 +479,9 @@ impl LayerStack {
             && src.kind != FileKind::Dir
         {
             upper.remove_whiteout(dfd, newname).map_err(io_err)?;
+        }
+        if let Some(key) = replaced_alias {
+            upper.adjust_nlink(&key, -1).map_err(io_err)?;
         }
         src_listing.remove(name);
         if src.lower {

@@ -410,6 +410,15 @@ impl LayerfsMount {
 impl Drop for LayerfsMount {
     fn drop(&mut self) {
         self.shutdown();
+        // LAYERFS_TEST_LOG=1 (with RUST_LOG for the level) shows what each
+        // daemon logged, which is otherwise lost with its temp dir.
+        if std::env::var_os("LAYERFS_TEST_LOG").is_some() {
+            eprintln!(
+                "---- layerfs daemon log ({}) ----\n{}",
+                self.mnt.display(),
+                self.log()
+            );
+        }
         let clean = !is_mounted(&self.mnt);
         release_dir(self.dir.take(), clean, &self.mnt);
     }
