@@ -1173,9 +1173,6 @@ fn lower_hard_links_interop() {
 /// layerfs alone: a lower hard-link group changed through one name is
 /// still one group (one st_ino, one content) after a remount.
 #[test]
-#[ignore = "layerfs bug: after a remount the copied-up name of a lower hard link shows \
-            its upper st_ino, the other names still the lower one, so the hard-link group \
-            splits (st_ino across remounts is Not done yet in architecture.md)"]
 fn lower_hard_links_survive_a_remount() {
     let s = Stack::new("wr-hl-l2l-", "links", Dialect::OverlayTrusted);
     let m = LayerfsMount::mount(&s.layers, &s.uw());

@@ -49,6 +49,9 @@ pub struct Upper {
     /// Copies of hard-linked lower files, by lower identity, so every name
     /// of one lower file shares one upper inode (the kernel's index=on).
     index: Layer,
+    /// Upper inode number of each index entry → the lower (dev, ino) it
+    /// copies, so its names keep the lower's inode number across mounts.
+    origins: std::sync::Mutex<std::collections::HashMap<u64, (u64, u64)>>,
 }
 
 /// Where the hard-link index lives inside the work dir. Not the kernel's
@@ -106,8 +109,27 @@ impl Upper {
                 return Err(e);
             }
         }
-        let index = Layer::open(&work_dir.join(OsStr::from_bytes(INDEX_SUBDIR.to_bytes())))?;
+        let index_path = work_dir.join(OsStr::from_bytes(INDEX_SUBDIR.to_bytes()));
+        let index = Layer::open(&index_path)?;
+        let mut origins = std::collections::HashMap::new();
+        for entry in std::fs::read_dir(&index_path)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let parsed = name
+                .to_str()
+                .and_then(|n| n.split_once('-'))
+                .and_then(|(d, i)| {
+                    Some((
+                        u64::from_str_radix(d, 16).ok()?,
+                        u64::from_str_radix(i, 16).ok()?,
+                    ))
+                });
+            if let Some(origin) = parsed {
+                origins.insert(std::os::unix::fs::DirEntryExt::ino(&entry), origin);
+            }
+        }
         Ok(Upper {
+            origins: std::sync::Mutex::new(origins),
             index,
             work,
             format,
@@ -128,6 +150,25 @@ impl Upper {
     /// The hard-link index, read like a layer (entries at its root).
     pub fn index(&self) -> &Layer {
         &self.index
+    }
+
+    /// The lower (dev, ino) an upper inode is the indexed copy of.
+    pub fn origin_of(&self, upper_ino: u64) -> Option<(u64, u64)> {
+        let map = self
+            .origins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(&upper_ino).copied()
+    }
+
+    fn note_origin(&self, key: &RelPath, st: &Stat) {
+        if let Ok(entry) = sys::fstatat_nofollow(self.index.root_fd(), key.as_c_str()) {
+            let mut map = self
+                .origins
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.insert(entry.ino, (st.dev, st.ino));
+        }
     }
 
     /// The index entry name of a lower inode.
@@ -185,6 +226,9 @@ impl Upper {
             })
         });
         let _ = remove_entry(work, &tmp);
+        if result.is_ok() {
+            self.note_origin(key, st);
+        }
         result
     }
 
@@ -478,7 +522,9 @@ impl Upper {
                             key.as_c_str().as_ptr(),
                             0,
                         )
-                    })
+                    })?;
+                    self.note_origin(key, st);
+                    Ok(())
                 }
                 None => self.build_copy(src_layer, src, st, &tmp),
             }

@@ -12,6 +12,8 @@ use super::LayerIdx;
 pub struct InoMap {
     /// For each layer, the index of its filesystem among the distinct ones.
     fs_of_layer: Vec<u32>,
+    /// The distinct devices, by filesystem index.
+    devs: Vec<u64>,
     /// How many top bits hold the filesystem index (0 with one filesystem).
     fs_bits: u32,
 }
@@ -40,13 +42,24 @@ impl InoMap {
         };
         InoMap {
             fs_of_layer,
+            devs: distinct,
             fs_bits,
         }
     }
 
     /// The union inode number of real inode `ino` found in `layer`.
     pub fn map(&self, layer: LayerIdx, ino: u64) -> u64 {
-        let fs = u64::from(self.fs_of_layer[layer as usize]);
+        self.map_fs(u64::from(self.fs_of_layer[layer as usize]), ino)
+    }
+
+    /// The union inode number of real inode `ino` of device `dev` (one of
+    /// the layers' devices).
+    pub fn map_dev(&self, dev: u64, ino: u64) -> Option<u64> {
+        let fs = self.devs.iter().position(|&d| d == dev)?;
+        Some(self.map_fs(fs as u64, ino))
+    }
+
+    fn map_fs(&self, fs: u64, ino: u64) -> u64 {
         let mapped = if self.fs_bits == 0 {
             ino
         } else {

@@ -276,7 +276,7 @@ impl LayerStack {
                             name: entry.name.clone(),
                             kind,
                             layer: layer_idx,
-                            ino: self.inos.map(layer_idx, entry.ino),
+                            ino: self.child_ino(layer_idx, kind, entry.ino),
                             dir_layers: if is_dir { vec![layer_idx] } else { Vec::new() },
                             lower: below_upper,
                         });
@@ -394,6 +394,19 @@ impl LayerStack {
             dir,
             index_key: None,
         })
+    }
+
+    /// The union inode number of an entry: its real one, or, for the
+    /// upper copy of a hard-linked lower file, the lower file's, so all its
+    /// names keep one number, also after a remount.
+    fn child_ino(&self, layer: LayerIdx, kind: FileKind, real: u64) -> u64 {
+        let origin = match &self.upper {
+            Some(upper) if layer == 0 && kind != FileKind::Dir => upper.origin_of(real),
+            _ => None,
+        };
+        origin
+            .and_then(|(dev, ino)| self.inos.map_dev(dev, ino))
+            .unwrap_or_else(|| self.inos.map(layer, real))
     }
 
     /// The index entry of a hard-linked lower object, if it was copied up.
