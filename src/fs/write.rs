@@ -133,6 +133,16 @@ impl LayerFs {
                 return;
             }
             let Some((p, n, alias)) = s.aliases.pop() else {
+                if let Some(key) = s.obj.index_key.clone() {
+                    // Its other names are lower ones: they show the index
+                    // copy.
+                    s.obj.layer = crate::union::INDEX_LAYER;
+                    s.obj.path = key;
+                } else {
+                    // No other name known: its path is gone, so getattr
+                    // keeps what we last knew, less the link just removed.
+                    s.obj.stat.nlink = s.obj.stat.nlink.saturating_sub(1);
+                }
                 return;
             };
             s.parent = p;

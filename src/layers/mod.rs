@@ -127,6 +127,17 @@ impl std::fmt::Display for RelPath {
     }
 }
 
+/// What a path names in one layer, for walking down the lower layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirLookup {
+    Dir {
+        opaque: bool,
+    },
+    /// A whiteout or a non-directory: layers below do not show through.
+    Stop,
+    Absent,
+}
+
 /// One entry of one directory of one layer, classified.
 #[derive(Debug, Clone)]
 pub struct RawEntry {
@@ -246,23 +257,34 @@ impl Layer {
         whiteout::redirect(fd.as_fd())
     }
 
-    /// What a lookup of `rel` finds here: Some(true) a directory,
-    /// Some(false) a whiteout or a non-directory (the merge stops), None
-    /// nothing.
-    pub fn lookup_dir(&self, rel: &RelPath) -> Option<bool> {
+    /// What a lookup of `rel` finds in this layer, for walking a path
+    /// down the lower layers (a redirect): `Dir { opaque }`, `Stop` for a
+    /// whiteout or a non-directory, or `Absent`.
+    pub fn lookup_dir(&self, rel: &RelPath) -> DirLookup {
         let (parent, name) = rel.split();
-        let pfd = self
-            .open_beneath(&parent, libc::O_PATH | libc::O_DIRECTORY)
-            .ok()?;
-        let cname = CString::new(name.as_bytes()).ok()?;
+        let Ok(pfd) = self.open_beneath(&parent, libc::O_PATH | libc::O_DIRECTORY) else {
+            return DirLookup::Absent;
+        };
         let mut wh = whiteout::OCI_WHITEOUT_PREFIX.to_vec();
         wh.extend_from_slice(name.as_bytes());
-        let wh = CString::new(wh).ok()?;
+        let (Ok(cname), Ok(wh)) = (CString::new(name.as_bytes()), CString::new(wh)) else {
+            return DirLookup::Absent;
+        };
         if sys::fstatat_nofollow(pfd.as_fd(), &wh).is_ok() {
-            return Some(false);
+            return DirLookup::Stop;
         }
-        let st = sys::fstatat_nofollow(pfd.as_fd(), &cname).ok()?;
-        Some(st.is_dir())
+        match sys::fstatat_nofollow(pfd.as_fd(), &cname) {
+            Err(_) => DirLookup::Absent,
+            Ok(st) if !st.is_dir() => DirLookup::Stop,
+            Ok(_) => {
+                let opaque = self.open_dir(rel).is_ok_and(|fd| {
+                    let marker = CString::new(whiteout::OCI_OPAQUE_MARKER).unwrap_or_default();
+                    whiteout::dir_marks(fd.as_fd()).is_ok_and(|m| m.opaque)
+                        || sys::fstatat_nofollow(fd.as_fd(), &marker).is_ok()
+                });
+                DirLookup::Dir { opaque }
+            }
+        }
     }
 
     /// The xattrs of `rel` as the mount shows them (overlay's own hidden,

@@ -15,7 +15,7 @@ pub use inos::InoMap;
 pub use write::{AttrChange, UpperSpec};
 
 use crate::error::{Error, Result};
-use crate::layers::{FileKind, Layer, RawKind, RelPath, Stat, Upper};
+use crate::layers::{DirLookup, FileKind, Layer, RawKind, RelPath, Stat, Upper};
 
 /// Index of a layer in the stack; 0 is the top.
 pub type LayerIdx = u32;
@@ -480,14 +480,35 @@ impl LayerStack {
                 "bad redirect",
             )
         })?;
-        let mut layers = vec![0];
-        for idx in 1..self.layers.len() as LayerIdx {
-            match self.layer(idx).lookup_dir(&lower_path) {
-                Some(true) => layers.push(idx),
-                Some(false) => break, // a whiteout or a non-directory ends it
-                None => {}
+        // Walk the path down the lower layers, one component at a time,
+        // as a lookup would: whiteouts, non-directories and opaque
+        // directories on the way decide which layers still show.
+        let mut layers: Vec<LayerIdx> = (1..self.layers.len() as LayerIdx).collect();
+        let mut prefix = RelPath::root();
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(lower_path.as_os_str()).to_vec();
+        for comp in bytes
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+        {
+            prefix = prefix
+                .join(std::os::unix::ffi::OsStrExt::from_bytes(comp))
+                .map_err(|e| Error::io(e, "lookup", layer_display(upper, upath)))?;
+            let mut next = Vec::new();
+            for &idx in &layers {
+                match self.layer(idx).lookup_dir(&prefix) {
+                    DirLookup::Absent => continue,
+                    DirLookup::Stop => break,
+                    DirLookup::Dir { opaque } => {
+                        next.push(idx);
+                        if opaque {
+                            break;
+                        }
+                    }
+                }
             }
+            layers = next;
         }
+        layers.insert(0, 0);
         Ok(MergedDir {
             path: upath.clone(),
             lower_path,
