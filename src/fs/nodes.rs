@@ -287,6 +287,14 @@ impl NodeTable {
                     }
                     s.obj.upath = p;
                 }
+                for alias in s.aliases.iter_mut() {
+                    let moved = moves
+                        .iter()
+                        .find_map(|(old, new, _)| alias.2.rebase(old, new));
+                    if let Some(p) = moved {
+                        alias.2 = p;
+                    }
+                }
             });
         }
     }
