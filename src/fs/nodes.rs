@@ -290,6 +290,7 @@ impl NodeTable {
                 for alias in s.aliases.iter_mut() {
                     let moved = moves
                         .iter()
+                        .filter(|(old, _, _)| alias.2 != *old)
                         .find_map(|(old, new, _)| alias.2.rebase(old, new));
                     if let Some(p) = moved {
                         alias.2 = p;
