@@ -349,6 +349,9 @@ impl LayerStack {
         let dst_view = dst_listing.as_deref().unwrap_or(src_listing);
         let target = dst_view.get(newname).cloned();
         let target_whiteout = dst_view.upper_whiteouts.get(newname).copied();
+        // The kernel's rule: a directory without lower content moving into
+        // a merged directory is made opaque (lookups below it stop there).
+        let (dst_merged, src_merged) = (dst_view.has_lower, src_listing.has_lower);
         if is_reserved_name(upper, newname) {
             return Err(Error::new(
                 libc::EINVAL,
@@ -430,10 +433,10 @@ impl LayerStack {
                 .ok_or_else(|| Error::errno(libc::ENOENT, "rename", &to))?;
             // A directory landing where lower content exists must hide it,
             // unless a redirect says where its own lower content is.
-            if src.kind == FileKind::Dir && dst_lower && src_redirect.is_none() {
+            if src.kind == FileKind::Dir && dst_merged && src_redirect.is_none() {
                 upper.mark_opaque(sfd, &cstring(name)?).map_err(io_err)?;
             }
-            if t.kind == FileKind::Dir && src.lower && target_redirect.is_none() {
+            if t.kind == FileKind::Dir && src_merged && target_redirect.is_none() {
                 upper.mark_opaque(dfd, &cstring(newname)?).map_err(io_err)?;
             }
             upper
@@ -468,7 +471,7 @@ impl LayerStack {
             // rename(2) cannot put a directory over a char device.
             upper.remove_whiteout(dfd, newname).map_err(io_err)?;
         }
-        if src.kind == FileKind::Dir && dst_lower && src_redirect.is_none() {
+        if src.kind == FileKind::Dir && dst_merged && src_redirect.is_none() {
             upper.mark_opaque(sfd, &cstring(name)?).map_err(io_err)?;
         }
         upper
