@@ -104,11 +104,20 @@ impl LayerFs {
     /// The attributes to report. Upper objects change under our own
     /// writes, so they are read again; lower ones never change.
     fn attr(&self, node: &Node) -> FileAttr {
-        let (obj, stale) = {
-            let s = node.state();
-            let upper_copy = s.obj.layer == 0 || s.obj.layer == INDEX_LAYER;
-            (s.obj.clone(), upper_copy && self.stack.is_writable())
-        };
+        let mut obj = node.state().obj.clone();
+        // A lower name of a hard-linked file whose index copy was made
+        // since (through another name): it shows that copy from now on.
+        if let Some((key, st)) = self.stack.indexed(obj.layer, obj.kind, &obj.stat) {
+            node.update(|s| {
+                s.obj.layer = INDEX_LAYER;
+                s.obj.path = key.clone();
+                s.obj.stat = st;
+                s.obj.index_key = Some(key);
+            });
+            obj = node.state().obj.clone();
+        }
+        let upper_copy = obj.layer == 0 || obj.layer == INDEX_LAYER;
+        let stale = upper_copy && self.stack.is_writable();
         let stat = if stale {
             match self.stack.restat(&obj) {
                 Ok(st) if st.ino == obj.stat.ino && st.dev == obj.stat.dev => {

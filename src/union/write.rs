@@ -387,14 +387,22 @@ impl LayerStack {
         // A directory with lower content keeps it through a redirect, in
         // O(1): its content is not copied (the kernel with redirect_dir=on).
         let same_dir = src_parent.upath == dst_parent.upath;
-        let has_lower = |c: &Child| c.kind == FileKind::Dir && c.dir_layers.iter().any(|&l| l > 0);
-        let src_redirect = if has_lower(&src) {
+        // Lower content as a lookup finds it: by name, or through the
+        // redirect a directory moved before already carries.
+        let has_lower = |parent: &Resolved, c: &Child, at: &RelPath| -> Result<bool> {
+            if c.kind != FileKind::Dir {
+                return Ok(false);
+            }
+            let dir = self.child_dir(parent_dir(parent, "rename")?, c, at)?;
+            Ok(dir.layers.iter().any(|&l| l > 0))
+        };
+        let src_redirect = if has_lower(src_parent, &src, &from)? {
             Some(self.redirect_for(src_parent, &src, &from, same_dir)?)
         } else {
             None
         };
         let target_redirect = match &target {
-            Some(t) if exchange && has_lower(t) => {
+            Some(t) if exchange && has_lower(dst_parent, t, &to)? => {
                 Some(self.redirect_for(dst_parent, t, &to, same_dir)?)
             }
             _ => None,
