@@ -125,6 +125,25 @@ impl Node {
     }
 }
 
+/// A new node holding `lookups` kernel references.
+fn counted_node(
+    parent: u64,
+    name: &std::ffi::OsStr,
+    obj: Resolved,
+    generation: u64,
+    lookups: u64,
+) -> Arc<Node> {
+    let node = Node::new(NodeState {
+        parent,
+        name: name.to_os_string(),
+        obj,
+        generation,
+        aliases: Vec::new(),
+    });
+    node.lookups.store(lookups, Ordering::Relaxed);
+    Arc::new(node)
+}
+
 /// Whether `obj` is still where it was found.
 fn still_there(stack: &LayerStack, obj: &Resolved) -> bool {
     stack
@@ -195,14 +214,7 @@ impl NodeTable {
                 Ok(node.clone())
             }
             Entry::Vacant(v) => {
-                let node = Arc::new(Node::new(NodeState {
-                    parent,
-                    name: name.to_os_string(),
-                    obj,
-                    generation: 0,
-                    aliases: Vec::new(),
-                }));
-                node.lookups.store(1, Ordering::Relaxed);
+                let node = counted_node(parent, name, obj, 0, 1);
                 v.insert(node.clone());
                 Ok(node)
             }
@@ -218,27 +230,13 @@ impl NodeTable {
             Entry::Occupied(mut o) => {
                 let old = o.get();
                 let generation = old.state().generation + 1;
-                let node = Arc::new(Node::new(NodeState {
-                    parent,
-                    name: name.to_os_string(),
-                    obj,
-                    generation,
-                    aliases: Vec::new(),
-                }));
-                node.lookups
-                    .store(old.lookups.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                let lookups = old.lookups.load(Ordering::Relaxed) + 1;
+                let node = counted_node(parent, name, obj, generation, lookups);
                 o.insert(node.clone());
                 node
             }
             Entry::Vacant(v) => {
-                let node = Arc::new(Node::new(NodeState {
-                    parent,
-                    name: name.to_os_string(),
-                    obj,
-                    generation: 0,
-                    aliases: Vec::new(),
-                }));
-                node.lookups.store(1, Ordering::Relaxed);
+                let node = counted_node(parent, name, obj, 0, 1);
                 v.insert(node.clone());
                 node
             }

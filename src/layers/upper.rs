@@ -291,8 +291,20 @@ impl Upper {
             }
             self.install(&tmp, dir, name, over_whiteout)
         });
+        self.finish(&tmp, result, dir, name)
+    }
+
+    /// After building `work/tmp` and installing it as `dir/name`: on
+    /// failure nothing is left in the work dir; on success, its stat.
+    fn finish(
+        &self,
+        tmp: &CStr,
+        result: io::Result<()>,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> io::Result<Stat> {
         if result.is_err() {
-            let _ = remove_entry(work, &tmp);
+            let _ = remove_entry(self.work.as_fd(), tmp);
         }
         result?;
         sys::fstatat_nofollow(dir, &cstr(name)?)
@@ -532,11 +544,7 @@ impl Upper {
         let result = build()
             .and_then(|()| self.install(&tmp, dir, name, false))
             .and_then(|()| set_fd_times(dir, parent.atime, parent.mtime));
-        if result.is_err() {
-            let _ = remove_entry(work, &tmp);
-        }
-        result?;
-        sys::fstatat_nofollow(dir, &cstr(name)?)
+        self.finish(&tmp, result, dir, name)
     }
 
     fn build_copy(
