@@ -47,10 +47,6 @@ impl Error {
         self.errno
     }
 
-    pub fn op(&self) -> &'static str {
-        self.op
-    }
-
     /// Errors that are an ordinary answer, not a fault worth a warning.
     pub fn is_routine(&self) -> bool {
         matches!(

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -112,39 +111,7 @@ impl Drop for Tmpfs {
 
 /// /proc/self/mountinfo as (mount point, fstype), octal escapes decoded.
 fn mountinfo() -> Vec<(PathBuf, String)> {
-    let info = fs::read("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
-    let mut out = Vec::new();
-    for line in info.split(|b| *b == b'\n') {
-        let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
-        let (Some(mp), Some(dash)) = (fields.get(4), fields.iter().position(|f| *f == b"-")) else {
-            continue;
-        };
-        let fstype = fields.get(dash + 1).copied().unwrap_or_default();
-        out.push((
-            PathBuf::from(OsString::from_vec(unescape_octal(mp))),
-            String::from_utf8_lossy(fstype).into_owned(),
-        ));
-    }
-    out
-}
-
-fn unescape_octal(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1] <= b'3'
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
+    layerfs::cli::options::mount_points().expect("read /proc/self/mountinfo")
 }
 
 /// Escapes a path for an overlay option value (`\`, `:` and `,`).

@@ -212,7 +212,8 @@ fn big_files_read_back_exactly_and_writes_are_refused() {
         .read_to_end(&mut got)
         .unwrap();
     assert_eq!(Sha256::digest(&got), Sha256::digest(&data));
-    // Two handles at once share one passthrough backing file.
+    // Two handles open at once (with passthrough they must reuse the
+    // inode's backing id) read the same data.
     let mut a = fs::File::open(m.path().join("blob")).unwrap();
     let mut b = fs::File::open(m.path().join("blob")).unwrap();
     let (mut ha, mut hb) = (vec![0; 4096], vec![0; 4096]);

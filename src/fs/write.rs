@@ -107,17 +107,14 @@ impl LayerFs {
         // Refuse before copying anything up.
         let parent_obj = dir.state().obj.clone();
         let listing = dir.listing(&self.stack)?;
-        self.stack
+        let child = self
+            .stack
             .check_remove(&parent_obj, &listing, name, want_dir)?;
+        let gone = child.ino;
         self.ensure_upper(&dir)?;
         let parent_obj = dir.state().obj.clone();
-        let gone = listing.get(name).map(|c| c.ino);
-        dir.edit_listing(&self.stack, |l| {
-            self.stack.remove(&parent_obj, l, name, want_dir)
-        })?;
-        if let Some(ino) = gone {
-            self.name_removed(ino, &parent_obj, name);
-        }
+        dir.edit_listing(&self.stack, |l| self.stack.remove(&parent_obj, l, child))?;
+        self.name_removed(gone, &parent_obj, name);
         Ok(())
     }
 
@@ -459,11 +456,7 @@ impl LayerFs {
         value: Option<&[u8]>,
         flags: i32,
     ) -> Result<()> {
-        let op = if value.is_some() {
-            "setxattr"
-        } else {
-            "removexattr"
-        };
+        let op = crate::union::xattr_op(value);
         let node = self.node(ino, op)?;
         self.writable(op, &node)?;
         let _w = self.lock_writes();

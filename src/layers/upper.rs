@@ -561,20 +561,7 @@ impl Upper {
         match kind {
             FileKind::Regular => {
                 let input = src_layer.open_file(src)?;
-                // SAFETY: valid fd and C string; the fd is owned below.
-                let fd = unsafe {
-                    libc::openat(
-                        work.as_raw_fd(),
-                        tmp.as_ptr(),
-                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-                        0o600,
-                    )
-                };
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // SAFETY: fd was just opened and is ours.
-                let out = unsafe { OwnedFd::from_raw_fd(fd) };
+                let out = create_excl(work, tmp)?;
                 copy_data(input.as_fd(), out.as_fd(), st.size)?;
                 if self.durable {
                     // SAFETY: valid fd.
@@ -809,20 +796,7 @@ fn make_object(
     let fd = dir.as_raw_fd();
     let kind = match obj {
         NewObject::File => {
-            // SAFETY: valid fd and C string.
-            let f = unsafe {
-                libc::openat(
-                    fd,
-                    name.as_ptr(),
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-                    0o600,
-                )
-            };
-            if f < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: f is ours.
-            drop(unsafe { OwnedFd::from_raw_fd(f) });
+            create_excl(dir, name)?;
             FileKind::Regular
         }
         NewObject::Dir => {
@@ -845,22 +819,21 @@ fn make_object(
     set_owner_mode(dir, name, kind, uid, gid, perm)
 }
 
-fn create_empty(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    // SAFETY: valid fd and C string; the fd is closed at once.
-    let f = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-            0o600,
-        )
-    };
-    if f < 0 {
+/// Create a new empty regular file (mode 0600), failing if the name is
+/// taken.
+fn create_excl(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+    // SAFETY: valid fd and C string; the fd is owned below.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, 0o600) };
+    if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: f is ours.
-    drop(unsafe { OwnedFd::from_raw_fd(f) });
-    Ok(())
+    // SAFETY: fd was just opened and is ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn create_empty(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    create_excl(dir, name).map(drop)
 }
 
 fn oci_whiteout_name(name: &OsStr) -> io::Result<CString> {

@@ -12,7 +12,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
 pub use inos::InoMap;
-pub use write::{AttrChange, UpperSpec};
+pub use write::{AttrChange, UpperSpec, xattr_op};
 
 use crate::error::{Error, Result};
 use crate::layers::{DirLookup, FileKind, Layer, RawKind, RelPath, Stat, Upper};
@@ -205,10 +205,6 @@ impl LayerStack {
             (Some(upper), INDEX_LAYER) => upper.index(),
             _ => &self.layers[idx as usize],
         }
-    }
-
-    pub fn inos(&self) -> &InoMap {
-        &self.inos
     }
 
     /// The root directory: every layer merges into it. As in the kernel,

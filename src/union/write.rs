@@ -188,22 +188,21 @@ impl LayerStack {
         })
     }
 
-    /// unlink (`want_dir` false) or rmdir (true) `name` of `parent` (in the
-    /// upper already). A name that exists below is whited out.
-    pub fn remove(
-        &self,
-        parent: &Resolved,
-        listing: &mut Listing,
-        name: &OsStr,
-        want_dir: bool,
-    ) -> Result<()> {
-        let op = if want_dir { "rmdir" } else { "unlink" };
+    /// unlink or rmdir `child` of `parent` (in the upper already), as
+    /// `check_remove` returned it before the caller copied the parent up.
+    /// A name that exists below is whited out.
+    pub fn remove(&self, parent: &Resolved, listing: &mut Listing, child: Child) -> Result<()> {
+        let op = if child.kind == FileKind::Dir {
+            "rmdir"
+        } else {
+            "unlink"
+        };
+        let name = child.name.as_os_str();
         let path = parent
             .path
             .join(name)
             .map_err(|e| Error::io(e, op, &parent.path))?;
         let upper = self.upper_layer(op, &path)?;
-        let child = self.check_remove(parent, listing, name, want_dir)?;
         let dir = self.upper_dir(op, &parent.path)?;
         let dir = std::os::fd::AsFd::as_fd(&dir);
         let indexed = self.lower_alias_key(parent, &child, op)?;
@@ -634,11 +633,7 @@ impl LayerStack {
         value: Option<&[u8]>,
         flags: i32,
     ) -> Result<()> {
-        let op = if value.is_some() {
-            "setxattr"
-        } else {
-            "removexattr"
-        };
+        let op = xattr_op(value);
         let upper = self.upper_layer(op, &obj.path)?;
         let (parent, name) = obj.path.split();
         let dir = self.upper_dir(op, &parent)?;
@@ -659,6 +654,15 @@ impl LayerStack {
                 super::layer_display(self.layer(obj.layer), &obj.path),
             )
         })
+    }
+}
+
+/// The name of an xattr write, for messages: set with a value, else remove.
+pub fn xattr_op(value: Option<&[u8]>) -> &'static str {
+    if value.is_some() {
+        "setxattr"
+    } else {
+        "removexattr"
     }
 }
 

@@ -38,44 +38,15 @@ pub fn lowerdir_value(layers_top_first: &[PathBuf]) -> String {
         .join(":")
 }
 
-/// Decodes the octal escapes (`\040` ...) of a /proc/self/mountinfo field.
-fn unescape_mountinfo(field: &str) -> Vec<u8> {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 /// The fstype of the topmost mount at exactly `mnt` (from this process's
 /// mountinfo), or None when nothing is mounted there.
 pub fn mount_fstype(mnt: &Path) -> Option<String> {
-    let info = fs::read_to_string("/proc/self/mountinfo").expect("reading /proc/self/mountinfo");
-    let want = mnt.as_os_str().as_bytes();
-    let mut found = None;
-    for line in info.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        let Some(mp) = pre.split(' ').nth(4) else {
-            continue;
-        };
-        if unescape_mountinfo(mp) == want {
-            found = post.split(' ').next().map(str::to_owned);
-        }
-    }
-    found
+    let mounts = layerfs::cli::options::mount_points().expect("reading /proc/self/mountinfo");
+    mounts
+        .into_iter()
+        .rev()
+        .find(|(mp, _)| mp == mnt)
+        .map(|(_, fstype)| fstype)
 }
 
 /// True when anything is mounted at `mnt`.
