@@ -20,8 +20,10 @@
 //!   of the seed's fixture (`FIXTURES[seed % 9]`).
 //! * `LAYERFS_DIFF_SHRINK=0`: on failure, do not search for a shorter
 //!   sequence that still fails (by default the first two failures of a run
-//!   are shrunk: shortest failing prefix, then single operations dropped,
-//!   each candidate replayed on fresh mounts, at most a minute each).
+//!   are shrunk: shortest failing prefix, then chunks down to single
+//!   operations dropped,
+//!   each candidate replayed on fresh mounts, at most a minute each;
+//!   `LAYERFS_DIFF_SHRINK_SECS=N` gives each N seconds instead).
 //!
 //! What is compared:
 //! * after every operation: its outcome (the value, or the errno), and for
@@ -374,6 +376,8 @@ struct Failure {
 
 struct Run {
     ops: Vec<Op>,
+    /// The reference's outcome of each operation in `ops` (None: skipped).
+    outcomes: Vec<Option<Outcome>>,
     failure: Option<Failure>,
     stats: Stats,
     /// What the reference's upper dir ended up holding.
@@ -593,6 +597,7 @@ fn run(fixture: &str, other: Target, plan: Plan<'_>, sabotage: Option<&(usize, O
     let mut b = Side::new(fixture, other);
     let mut run = Run {
         ops: Vec::new(),
+        outcomes: Vec::new(),
         failure: None,
         stats: Stats::default(),
         upper_summary: String::new(),
@@ -677,12 +682,14 @@ fn drive(
         // whiteout there): layerfs refuses those with EINVAL by design.
         if b.target == Target::LayerfsOci && touches_oci_reserved(&op) {
             run.ops.push(op); // kept, so op numbers stay those of the seed
+            run.outcomes.push(None);
             continue;
         }
         dog.doing(|| format!("op #{i}: {op}"));
         let (oa, ob) = (ops::apply(a.root(), &op), ops::apply(b.root(), &op));
         run.stats.add(&op, &oa);
         run.ops.push(op.clone());
+        run.outcomes.push(Some(oa.clone()));
         if oa != ob {
             fail(
                 Some(i),
@@ -730,49 +737,71 @@ fn drive(
 }
 
 /// Looks for a shorter sequence that still fails: the shortest failing
-/// prefix, then drops single operations while it keeps failing. Bounded in
-/// replays and time; returns the sequence and its failure.
-fn shrink(fixture: &str, other: Target, ops: &[Op], first: &Failure) -> (Vec<Op>, String) {
-    let deadline = Instant::now() + SHRINK_TIME;
-    let replays = std::cell::Cell::new(0usize);
-    let more = || replays.get() < 300 && Instant::now() < deadline;
-    let try_ops = |ops: &[Op]| -> Option<String> {
-        replays.set(replays.get() + 1);
-        run(fixture, other, Plan::Replay(ops), None)
-            .failure
-            .map(|f| f.msg)
+/// prefix, then drops chunks of operations (halves, quarters... down to
+/// single operations) while it keeps failing. Bounded in time
+/// (`LAYERFS_DIFF_SHRINK_SECS`, default [`SHRINK_TIME`]); returns the
+/// sequence and its last run (with its failure).
+fn shrink(fixture: &str, other: Target, ops: &[Op], first: &Failure) -> (Vec<Op>, Run) {
+    let limit = env("LAYERFS_DIFF_SHRINK_SECS")
+        .and_then(|v| v.parse().ok())
+        .map_or(SHRINK_TIME, Duration::from_secs);
+    let deadline = Instant::now() + limit;
+    let more = || Instant::now() < deadline;
+    let try_ops = |ops: &[Op]| -> Option<Run> {
+        let r = run(fixture, other, Plan::Replay(ops), None);
+        r.failure.is_some().then_some(r)
     };
     let mut best: Vec<Op> = match first.op_index {
         Some(i) => ops[..=i].to_vec(),
         None => ops.to_vec(),
     };
-    let mut best_msg = first.msg.clone();
+    let mut best_run = None;
     // Shortest failing prefix (binary search; failing is close enough to
     // monotonic in the prefix length).
     let (mut lo, mut hi) = (0usize, best.len());
     while lo < hi && more() {
         let mid = (lo + hi) / 2;
         match try_ops(&best[..mid]) {
-            Some(m) => {
+            Some(r) => {
                 hi = mid;
-                best_msg = m;
+                best_run = Some(r);
             }
             None => lo = mid + 1,
         }
     }
     best.truncate(hi);
-    // Drop single operations, last first.
-    let mut i = best.len();
-    while i > 0 && more() {
-        i -= 1;
-        let mut candidate = best.clone();
-        candidate.remove(i);
-        if let Some(m) = try_ops(&candidate) {
-            best = candidate;
-            best_msg = m;
+    // Drop chunks, last first, halving the chunk size down to one.
+    let mut chunk = best.len().div_ceil(2).max(1);
+    loop {
+        let mut end = best.len();
+        while end > 0 && more() {
+            let start = end.saturating_sub(chunk);
+            let mut candidate = best.clone();
+            candidate.drain(start..end);
+            if let Some(r) = try_ops(&candidate) {
+                best = candidate;
+                best_run = Some(r);
+            }
+            end = start;
         }
+        if chunk == 1 || !more() {
+            break;
+        }
+        chunk = chunk.div_ceil(2);
     }
-    (best, best_msg)
+    let last = best_run.unwrap_or_else(|| {
+        try_ops(&best).unwrap_or_else(|| Run {
+            ops: best.clone(),
+            outcomes: Vec::new(),
+            failure: Some(Failure {
+                op_index: None,
+                msg: first.msg.clone(),
+            }),
+            stats: Stats::default(),
+            upper_summary: String::new(),
+        })
+    });
+    (best, last)
 }
 
 struct Case {
@@ -874,15 +903,22 @@ fn run_case(case: &Case, other: Target) -> (Stats, Option<String>) {
             "(not shrunk: only the first {SHRINK_AT_MOST} failures of a run are)"
         );
     } else {
-        let (ops, msg) = shrink(&case.fixture, other, &r.ops, f);
+        let (ops, last) = shrink(&case.fixture, other, &r.ops, f);
         let _ = writeln!(
             report,
-            "a sequence of {} op(s) that fails too (replayed on fresh mounts):",
+            "a sequence of {} op(s) that fails too (replayed on fresh mounts; \
+             the reference's outcome after each):",
             ops.len()
         );
         for (i, op) in ops.iter().enumerate() {
-            let _ = writeln!(report, "  {i:>4}: {op}");
+            let outcome = match last.outcomes.get(i) {
+                Some(Some(o)) => format!("{o:?}"),
+                Some(None) => "skipped".to_string(),
+                None => "not reached".to_string(),
+            };
+            let _ = writeln!(report, "  {i:>4}: {op}  => {outcome}");
         }
+        let msg = last.failure.map(|f| f.msg).unwrap_or_default();
         let _ = write!(report, "its failure:\n{msg}");
     }
     (r.stats, Some(report))

@@ -366,6 +366,20 @@ impl LayerStack {
         if exchange && target.is_none() {
             return Err(Error::errno(libc::ENOENT, "rename", &to));
         }
+        // Lower content as a lookup finds it: by name, or through the
+        // redirect a directory moved before already carries.
+        let has_lower = |parent: &Resolved, c: &Child, at: &RelPath| -> Result<bool> {
+            if c.kind != FileKind::Dir {
+                return Ok(false);
+            }
+            let dir = self.child_dir(parent_dir(parent, "rename")?, c, at)?;
+            Ok(dir.layers.iter().any(|&l| l > 0))
+        };
+        // A target directory with lower content must look empty through
+        // the mount, and is cleared of its whiteouts before it is replaced.
+        // One without is left to rename(2) to refuse if it holds anything,
+        // as the kernel does (after it has set the source's redirect).
+        let mut clear_target = false;
         if let Some(t) = &target {
             if t.ino == src.ino && !exchange {
                 return Ok(()); // two names of one file: nothing to do
@@ -378,23 +392,17 @@ impl LayerStack {
                 if !s_dir && t_dir {
                     return Err(Error::errno(libc::EISDIR, "rename", &to));
                 }
-                if t_dir && !self.dir_is_empty(dst_parent, t, &to)? {
-                    return Err(Error::errno(libc::ENOTEMPTY, "rename", &to));
+                if t_dir && has_lower(dst_parent, t, &to)? {
+                    if !self.dir_is_empty(dst_parent, t, &to)? {
+                        return Err(Error::errno(libc::ENOTEMPTY, "rename", &to));
+                    }
+                    clear_target = t.layer == 0;
                 }
             }
         }
         // A directory with lower content keeps it through a redirect, in
         // O(1): its content is not copied (the kernel with redirect_dir=on).
         let same_dir = src_parent.upath == dst_parent.upath;
-        // Lower content as a lookup finds it: by name, or through the
-        // redirect a directory moved before already carries.
-        let has_lower = |parent: &Resolved, c: &Child, at: &RelPath| -> Result<bool> {
-            if c.kind != FileKind::Dir {
-                return Ok(false);
-            }
-            let dir = self.child_dir(parent_dir(parent, "rename")?, c, at)?;
-            Ok(dir.layers.iter().any(|&l| l > 0))
-        };
         let src_redirect = if has_lower(src_parent, &src, &from)? {
             Some(self.redirect_for(src_parent, &src, &from, same_dir)?)
         } else {
@@ -468,13 +476,11 @@ impl LayerStack {
             _ => None,
         };
         // Make room at the target.
-        if let Some(t) = &target {
-            if t.kind == FileKind::Dir && t.layer == 0 {
-                // Empty as seen through the mount, but it may still hold
-                // whiteouts: clear them so rename can replace it.
-                upper.clear(dfd, newname).map_err(io_err)?;
-            }
-        } else if target_whiteout.is_some() && src.kind == FileKind::Dir {
+        if clear_target {
+            // Empty as seen through the mount, but it may still hold
+            // whiteouts: clear them so rename can replace it.
+            upper.clear(dfd, newname).map_err(io_err)?;
+        } else if target.is_none() && target_whiteout.is_some() && src.kind == FileKind::Dir {
             // rename(2) cannot put a directory over a char device.
             upper.remove_whiteout(dfd, newname).map_err(io_err)?;
         }
