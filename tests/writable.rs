@@ -205,6 +205,18 @@ fn run_script(root: &Path) {
         "link srv/data/upper-file etc/upper-link",
         fs::hard_link(p("srv/data/upper-file"), p("etc/upper-link")),
     );
+    // In an overlay-format upper `.wh.` names are ordinary files: a
+    // directory holding only such files is not empty.
+    step("mkdir srv/wh", fs::create_dir(p("srv/wh")));
+    for name in ["srv/wh/.wh.not-a-whiteout", "srv/wh/.wh..wh..opq"] {
+        step(&format!("create {name}"), fs::write(p(name), ""));
+    }
+    let rmdir = fs::remove_dir(p("srv/wh"));
+    assert_eq!(
+        rmdir.as_ref().map_err(io::Error::raw_os_error),
+        Err(Some(libc::ENOTEMPTY)),
+        "rmdir srv/wh holding .wh. files: {rmdir:?}"
+    );
     // user.* xattrs on a lower file, a lower directory and a new directory.
     for (rel, value) in [
         ("etc/profile", &b"on a lower file"[..]),
@@ -252,6 +264,8 @@ fn check_script_result(t: &Tree, who: &str) {
         ("usr/bin/uname", false),
         ("app/static/img", true),
         ("etc/upper-link", true),
+        ("srv/wh/.wh.not-a-whiteout", true),
+        ("srv/wh/.wh..wh..opq", true),
     ]
     .iter()
     .filter(|(rel, want)| has(rel) != *want)

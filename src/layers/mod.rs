@@ -159,6 +159,9 @@ pub struct Layer {
     path: PathBuf,
     root: OwnedFd,
     dev: u64,
+    /// `.wh.` names are read as OCI whiteouts and markers. Off for an
+    /// upper written in overlay format, where they are ordinary files.
+    oci_names: bool,
 }
 
 impl Layer {
@@ -169,7 +172,14 @@ impl Layer {
             path: path.to_path_buf(),
             root,
             dev,
+            oci_names: true,
         })
+    }
+
+    /// Read this layer in the kernel's overlay dialects only: `.wh.` names
+    /// are files like any other (an upper written in overlay format).
+    pub fn ignore_oci_names(&mut self) {
+        self.oci_names = false;
     }
 
     /// Where the layer lives on the host (for messages).
@@ -232,7 +242,7 @@ impl Layer {
             if bytes == b"." || bytes == b".." {
                 continue;
             }
-            match whiteout::classify(fd.as_fd(), name, entry.file_type(), marks)? {
+            match whiteout::classify(fd.as_fd(), name, entry.file_type(), marks, self.oci_names)? {
                 whiteout::Classified::OpaqueMarker => marks.opaque = true,
                 whiteout::Classified::Hidden => {}
                 whiteout::Classified::Whiteout(target) => entries.push(RawEntry {
@@ -270,7 +280,7 @@ impl Layer {
         let (Ok(cname), Ok(wh)) = (CString::new(name.as_bytes()), CString::new(wh)) else {
             return DirLookup::Absent;
         };
-        if sys::fstatat_nofollow(pfd.as_fd(), &wh).is_ok() {
+        if self.oci_names && sys::fstatat_nofollow(pfd.as_fd(), &wh).is_ok() {
             return DirLookup::Stop;
         }
         match sys::fstatat_nofollow(pfd.as_fd(), &cname) {
@@ -280,7 +290,7 @@ impl Layer {
                 let opaque = self.open_dir(rel).is_ok_and(|fd| {
                     let marker = CString::new(whiteout::OCI_OPAQUE_MARKER).unwrap_or_default();
                     whiteout::dir_marks(fd.as_fd()).is_ok_and(|m| m.opaque)
-                        || sys::fstatat_nofollow(fd.as_fd(), &marker).is_ok()
+                        || (self.oci_names && sys::fstatat_nofollow(fd.as_fd(), &marker).is_ok())
                 });
                 DirLookup::Dir { opaque }
             }

@@ -434,6 +434,7 @@ impl Upper {
     /// whiteouts and markers (it is empty as seen through the mount).
     pub fn remove(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
         let cname = cstr(name)?;
+        self.check_only_whiteouts(dir, &cname)?;
         let tmp = self.tmp_name();
         // Through the work dir, so a crash never leaves it half removed.
         rename2(dir, &cname, self.work.as_fd(), &tmp, 0)?;
@@ -443,9 +444,40 @@ impl Upper {
     /// Remove every whiteout and opaque marker inside the upper directory
     /// `dir/name` (it must hold nothing else), so rename(2) can replace it.
     pub fn clear(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        let cname = cstr(name)?;
+        self.check_only_whiteouts(dir, &cname)?;
         let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-        let fd = sys::openat_beneath(dir, &cstr(name)?, flags)?;
+        let fd = sys::openat_beneath(dir, &cname, flags)?;
         remove_contents(fd.as_fd())
+    }
+
+    /// ENOTEMPTY unless the upper directory `dir/name` (if it is one)
+    /// holds only whiteouts and markers of this upper's format: the last
+    /// guard before its content is deleted, should the merged view that
+    /// called it empty ever be wrong.
+    fn check_only_whiteouts(&self, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        let fd = match sys::openat_beneath(dir, name, flags) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let oci = self.format == WhiteoutFormat::Oci;
+        let mut d = nix::dir::Dir::from_fd(fd.try_clone()?).map_err(io::Error::from)?;
+        for entry in d.iter() {
+            let entry = entry.map_err(io::Error::from)?;
+            let n = entry.file_name();
+            if matches!(n.to_bytes(), b"." | b"..") {
+                continue;
+            }
+            let marks = whiteout::DirMarks::default();
+            if let whiteout::Classified::Object(_) =
+                whiteout::classify(fd.as_fd(), n, entry.file_type(), marks, oci)?
+            {
+                return Err(io::Error::from_raw_os_error(libc::ENOTEMPTY));
+            }
+        }
+        Ok(())
     }
 
     /// Rename within the upper; `flags` as renameat2 takes them. With

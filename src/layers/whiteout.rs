@@ -106,21 +106,26 @@ pub fn dir_marks(dir: BorrowedFd<'_>) -> io::Result<DirMarks> {
 }
 
 /// Classify the entry `name` of the directory open at `dir`. `dtype` is
-/// the type getdents reported, when it did.
+/// the type getdents reported, when it did. Without `oci_names`, `.wh.`
+/// names are ordinary entries (the kernel's own dialects only).
 pub fn classify(
     dir: BorrowedFd<'_>,
     name: &CStr,
     dtype: Option<nix::dir::Type>,
     marks: DirMarks,
+    oci_names: bool,
 ) -> io::Result<Classified> {
     let bytes = name.to_bytes();
-    if bytes == OCI_OPAQUE_MARKER {
+    if oci_names && bytes == OCI_OPAQUE_MARKER {
         return Ok(Classified::OpaqueMarker);
     }
-    if bytes.starts_with(AUFS_META_PREFIX) {
+    if oci_names && bytes.starts_with(AUFS_META_PREFIX) {
         return Ok(Classified::Hidden);
     }
-    if let Some(target) = bytes.strip_prefix(OCI_WHITEOUT_PREFIX) {
+    if let Some(target) = bytes
+        .strip_prefix(OCI_WHITEOUT_PREFIX)
+        .filter(|_| oci_names)
+    {
         // `.wh.` alone names nothing: show it as the odd file it is.
         if !target.is_empty() {
             return Ok(Classified::Whiteout(

@@ -15,7 +15,7 @@ pub use inos::InoMap;
 pub use write::{AttrChange, UpperSpec, xattr_op};
 
 use crate::error::{Error, Result};
-use crate::layers::{DirLookup, FileKind, Layer, RawKind, RelPath, Stat, Upper};
+use crate::layers::{DirLookup, FileKind, Layer, RawKind, RelPath, Stat, Upper, WhiteoutFormat};
 
 /// Index of a layer in the stack; 0 is the top.
 pub type LayerIdx = u32;
@@ -182,6 +182,11 @@ impl LayerStack {
         let mut paths: Vec<&Path> = vec![spec.upper.as_path()];
         paths.extend(lowers.iter().map(AsRef::as_ref));
         let mut stack = LayerStack::open(&paths)?;
+        if spec.format == WhiteoutFormat::Overlay {
+            // What the kernel reads in this upper, we read: `.wh.` names
+            // are files there.
+            stack.layers[0].ignore_oci_names();
+        }
         let upper = Upper::open(&spec.work, spec.format, spec.userxattr, spec.durable)
             .map_err(|e| Error::io(e, "open work dir", spec.work.display()))?;
         stack.upper = Some(upper);
