@@ -376,9 +376,11 @@ impl LayerStack {
             Ok(dir.layers.iter().any(|&l| l > 0))
         };
         // A target directory with lower content must look empty through
-        // the mount, and is cleared of its whiteouts before it is replaced.
-        // One without is left to rename(2) to refuse if it holds anything,
-        // as the kernel does (after it has set the source's redirect).
+        // the mount, and is cleared of its whiteouts. One without is left
+        // to rename(2) to refuse (the kernel too finds out that late, after
+        // it has set the source's redirect, and the upper filesystem may
+        // touch the source's parent on the way). An OCI upper may hold an
+        // opaque marker there: cleared, which refuses real entries.
         let mut clear_target = false;
         if let Some(t) = &target {
             if t.ino == src.ino && !exchange {
@@ -392,12 +394,13 @@ impl LayerStack {
                 if !s_dir && t_dir {
                     return Err(Error::errno(libc::EISDIR, "rename", &to));
                 }
-                if t_dir && has_lower(dst_parent, t, &to)? {
-                    if !self.dir_is_empty(dst_parent, t, &to)? {
-                        return Err(Error::errno(libc::ENOTEMPTY, "rename", &to));
-                    }
-                    clear_target = t.layer == 0;
+                let t_lower = has_lower(dst_parent, t, &to)?;
+                if t_lower && !self.dir_is_empty(dst_parent, t, &to)? {
+                    return Err(Error::errno(libc::ENOTEMPTY, "rename", &to));
                 }
+                clear_target = t_dir
+                    && t.layer == 0
+                    && (t_lower || upper.format() == WhiteoutFormat::Oci);
             }
         }
         // A directory with lower content keeps it through a redirect, in
@@ -477,8 +480,8 @@ impl LayerStack {
         };
         // Make room at the target.
         if clear_target {
-            // Empty as seen through the mount, but it may still hold
-            // whiteouts: clear them so rename can replace it.
+            // It may still hold whiteouts and markers: clear them so
+            // rename can replace it (ENOTEMPTY if it holds anything else).
             upper.clear(dfd, newname).map_err(io_err)?;
         } else if target.is_none() && target_whiteout.is_some() && src.kind == FileKind::Dir {
             // rename(2) cannot put a directory over a char device.
