@@ -423,7 +423,20 @@ impl Filesystem for LayerFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _span = tracing::debug_span!("lookup", parent = parent.0, ?name).entered();
         match self.do_lookup(parent, name) {
-            Ok(Some((attr, generation))) => reply.entry(&LOWER_TTL, &attr, generation),
+            Ok(Some((attr, generation))) => {
+                // A name of a hard-linked file on a writable mount is looked
+                // up on every path walk: the node then knows which name is
+                // in use (see NodeTable::remember).
+                let ttl = if self.stack.is_writable()
+                    && attr.kind != FileType::Directory
+                    && attr.nlink > 1
+                {
+                    Duration::ZERO
+                } else {
+                    LOWER_TTL
+                };
+                reply.entry(&ttl, &attr, generation)
+            }
             Ok(None) => reply.entry(&LOWER_TTL, &negative_entry(), Generation(0)),
             Err(e) => reply.error(errno_of(&e)),
         }

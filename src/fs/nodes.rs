@@ -190,25 +190,27 @@ impl NodeTable {
                     drop(o);
                     return Ok(self.insert_new(parent, name, obj));
                 }
-                // Another name of a hard-linked file: if the name the node
-                // knows is gone (unlinked, renamed over), take this one.
+                // Another name of a hard-linked file. FUSE names no path in
+                // open or setattr, so the node takes the name looked up
+                // last: the one a copy-up then puts in the upper, as the
+                // kernel copies up the name used (such names get no entry
+                // cache, so every path walk looks them up). The name it
+                // knew stays an alias while it is there.
                 let known = node.state().obj.clone();
                 if known.upath != obj.upath {
-                    if still_there(stack, &known) {
-                        // Remember the name, for when the known one goes.
-                        node.update(|s| {
-                            if !s.aliases.iter().any(|a| a.2 == obj.upath) {
-                                s.aliases
-                                    .push((parent, name.to_os_string(), obj.upath.clone()));
-                            }
-                        });
-                    } else {
-                        node.update(|s| {
-                            s.parent = parent;
-                            s.name = name.to_os_string();
-                            s.obj = obj;
-                        });
-                    }
+                    let keep_known = still_there(stack, &known);
+                    node.update(|s| {
+                        s.aliases.retain(|a| a.2 != obj.upath);
+                        if keep_known {
+                            s.aliases
+                                .push((s.parent, s.name.clone(), s.obj.upath.clone()));
+                        }
+                        let index_key = obj.index_key.clone().or(s.obj.index_key.take());
+                        s.parent = parent;
+                        s.name = name.to_os_string();
+                        s.obj = obj;
+                        s.obj.index_key = index_key;
+                    });
                 }
                 node.lookups.fetch_add(1, Ordering::Relaxed);
                 Ok(node.clone())

@@ -321,18 +321,16 @@ impl Upper {
     ) -> io::Result<()> {
         let cname = cstr(name)?;
         let work = self.work.as_fd();
-        match (self.format, over_whiteout) {
-            (WhiteoutFormat::Overlay, true) => {
-                // Exchange, so a directory can take a char device's place.
-                rename2(work, tmp, dir, &cname, libc::RENAME_EXCHANGE)?;
-                remove_entry(work, tmp)
-            }
-            (WhiteoutFormat::Oci, true) => {
-                rename2(work, tmp, dir, &cname, libc::RENAME_NOREPLACE)?;
-                let wh = oci_whiteout_name(name)?;
-                remove_entry(dir, &wh)
-            }
-            (_, false) => rename2(work, tmp, dir, &cname, libc::RENAME_NOREPLACE),
+        if !over_whiteout {
+            return rename2(work, tmp, dir, &cname, libc::RENAME_NOREPLACE);
+        }
+        if self.whiteout_is_char_dev(name) {
+            // Exchange, so a directory can take a char device's place.
+            rename2(work, tmp, dir, &cname, libc::RENAME_EXCHANGE)?;
+            remove_entry(work, tmp)
+        } else {
+            rename2(work, tmp, dir, &cname, libc::RENAME_NOREPLACE)?;
+            self.remove_whiteout(dir, name)
         }
     }
 
@@ -352,12 +350,16 @@ impl Upper {
                 })
             }
             WhiteoutFormat::Oci => {
+                // A marker file is an entry: keep the directory's times, as
+                // the kernel's opaque xattr does.
+                let before = sys::fstat(fd.as_fd())?;
                 let marker = CString::new(whiteout::OCI_OPAQUE_MARKER).unwrap_or_default();
                 match create_empty(fd.as_fd(), &marker) {
                     // Opaque already.
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-                    other => other,
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(()),
+                    other => other?,
                 }
+                set_times(fd.as_fd(), c".", before.atime, before.mtime)
             }
         }
     }
@@ -383,25 +385,29 @@ impl Upper {
         })
     }
 
-    /// Put a whiteout for `name` into `dir`, where nothing is.
+    /// Put a whiteout for `name` into `dir`, where nothing is. It is made
+    /// in the work dir and renamed into place, as the kernel does, so it
+    /// never takes the group of a setgid directory.
     pub fn whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-        // `.wh.NAME` cannot be longer than any name: for the longest names
-        // an OCI upper gets the overlay form, which every reader of ours
-        // understands too.
-        let oci_fits = name.len() + whiteout::OCI_WHITEOUT_PREFIX.len() <= NAME_MAX;
-        match self.format {
-            WhiteoutFormat::Oci if !oci_fits => {
-                let c = cstr(name)?;
-                // SAFETY: valid fd and C string.
-                cvt(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), libc::S_IFCHR, 0) })
-            }
-            WhiteoutFormat::Overlay => {
-                let c = cstr(name)?;
-                // SAFETY: valid fd and C string.
-                cvt(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), libc::S_IFCHR, 0) })
-            }
-            WhiteoutFormat::Oci => create_empty(dir, &oci_whiteout_name(name)?),
+        let char_dev = self.whiteout_is_char_dev(name);
+        let target = if char_dev {
+            cstr(name)?
+        } else {
+            oci_whiteout_name(name)?
+        };
+        let tmp = self.tmp_name();
+        let work = self.work.as_fd();
+        let made = if char_dev {
+            // SAFETY: valid fd and C string.
+            cvt(unsafe { libc::mknodat(work.as_raw_fd(), tmp.as_ptr(), libc::S_IFCHR, 0) })
+        } else {
+            create_empty(work, &tmp)
+        };
+        let result = made.and_then(|()| rename2(work, &tmp, dir, &target, libc::RENAME_NOREPLACE));
+        if result.is_err() {
+            let _ = remove_entry(work, &tmp);
         }
+        result
     }
 
     /// Replace the upper object `dir/name` by a whiteout in one step (the
@@ -409,6 +415,7 @@ impl Upper {
     /// content when it is a directory of whiteouts).
     pub fn replace_with_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
         let cname = cstr(name)?;
+        self.check_only_whiteouts(dir, &cname)?;
         let work = self.work.as_fd();
         match self.format {
             WhiteoutFormat::Overlay => {
@@ -504,12 +511,44 @@ impl Upper {
         }
     }
 
-    /// Remove the whiteout for `name` in `dir` (before a rename lands on it).
-    pub fn remove_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-        match self.format {
-            WhiteoutFormat::Overlay => remove_entry(dir, &cstr(name)?),
-            WhiteoutFormat::Oci => remove_entry(dir, &oci_whiteout_name(name)?),
+    /// Rename onto a name that holds only a whiteout: the whiteout goes,
+    /// and with `leave_whiteout` the source name is whited out. In the
+    /// overlay format the two swap places in one step, as the kernel does
+    /// (the whiteout keeps its owner).
+    pub fn rename_over_whiteout(
+        &self,
+        from_dir: BorrowedFd<'_>,
+        from: &OsStr,
+        to_dir: BorrowedFd<'_>,
+        to: &OsStr,
+        leave_whiteout: bool,
+    ) -> io::Result<()> {
+        if !self.whiteout_is_char_dev(to) {
+            self.remove_whiteout(to_dir, to)?;
+            return self.rename(from_dir, from, to_dir, to, 0, leave_whiteout);
         }
+        let cf = cstr(from)?;
+        rename2(from_dir, &cf, to_dir, &cstr(to)?, libc::RENAME_EXCHANGE)?;
+        if leave_whiteout {
+            Ok(())
+        } else {
+            remove_entry(from_dir, &cf)
+        }
+    }
+
+    /// Remove the whiteout for `name` in `dir` (before a rename lands on it).
+    fn remove_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        if self.whiteout_is_char_dev(name) {
+            remove_entry(dir, &cstr(name)?)
+        } else {
+            remove_entry(dir, &oci_whiteout_name(name)?)
+        }
+    }
+
+    /// Whether this upper whites `name` out with a char device 0/0 of that
+    /// name (the overlay format, and names too long for `.wh.NAME`).
+    fn whiteout_is_char_dev(&self, name: &OsStr) -> bool {
+        self.format == WhiteoutFormat::Overlay || !oci_fits(name)
     }
 
     /// Copy a lower object into the upper as `dir/name`: built in the work
@@ -866,6 +905,13 @@ fn create_excl(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
 
 fn create_empty(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     create_excl(dir, name).map(drop)
+}
+
+/// Whether `.wh.NAME` is a valid name. For the longest names an OCI upper
+/// gets the overlay form of a whiteout, which every reader of ours
+/// understands too.
+fn oci_fits(name: &OsStr) -> bool {
+    name.len() + whiteout::OCI_WHITEOUT_PREFIX.len() <= NAME_MAX
 }
 
 fn oci_whiteout_name(name: &OsStr) -> io::Result<CString> {

@@ -398,9 +398,8 @@ impl LayerStack {
                 if t_lower && !self.dir_is_empty(dst_parent, t, &to)? {
                     return Err(Error::errno(libc::ENOTEMPTY, "rename", &to));
                 }
-                clear_target = t_dir
-                    && t.layer == 0
-                    && (t_lower || upper.format() == WhiteoutFormat::Oci);
+                clear_target =
+                    t_dir && t.layer == 0 && (t_lower || upper.format() == WhiteoutFormat::Oci);
             }
         }
         // A directory with lower content keeps it through a redirect, in
@@ -483,22 +482,16 @@ impl LayerStack {
             // It may still hold whiteouts and markers: clear them so
             // rename can replace it (ENOTEMPTY if it holds anything else).
             upper.clear(dfd, newname).map_err(io_err)?;
-        } else if target.is_none() && target_whiteout.is_some() && src.kind == FileKind::Dir {
-            // rename(2) cannot put a directory over a char device.
-            upper.remove_whiteout(dfd, newname).map_err(io_err)?;
         }
         if src.kind == FileKind::Dir && dst_merged && src_redirect.is_none() {
             upper.mark_opaque(sfd, &cstring(name)?).map_err(io_err)?;
         }
-        upper
-            .rename(sfd, name, dfd, newname, 0, src.lower)
-            .map_err(io_err)?;
-        if upper.format() == WhiteoutFormat::Oci
-            && target_whiteout.is_some()
-            && src.kind != FileKind::Dir
-        {
-            upper.remove_whiteout(dfd, newname).map_err(io_err)?;
+        if target.is_none() && target_whiteout.is_some() {
+            upper.rename_over_whiteout(sfd, name, dfd, newname, src.lower)
+        } else {
+            upper.rename(sfd, name, dfd, newname, 0, src.lower)
         }
+        .map_err(io_err)?;
         if let Some(key) = replaced_alias {
             upper.adjust_nlink(&key, -1).map_err(io_err)?;
         }
