@@ -18,6 +18,9 @@
 //!   list; `LAYERFS_DIFF_OPS=N` operations per seed (default 2000 with a
 //!   seed, else the fixed list's count); `LAYERFS_DIFF_FIXTURE=NAME` instead
 //!   of the seed's fixture (`FIXTURES[seed % 9]`).
+//! * `LAYERFS_DIFF_CHECK_EVERY=N`: compare the merged trees every N
+//!   operations instead of every 50 (1 finds the very operation that made
+//!   a difference only a tree comparison sees).
 //! * `LAYERFS_DIFF_SHRINK=0`: on failure, do not search for a shorter
 //!   sequence that still fails (by default the first two failures of a run
 //!   are shrunk: shortest failing prefix, then chunks down to single
@@ -95,7 +98,8 @@ const FIXED_SEEDS: std::ops::Range<u64> = 1..19;
 const FIXED_OPS: usize = 225;
 /// Default operations per seed given in `LAYERFS_DIFF_SEED`.
 const ENV_OPS: usize = 2000;
-/// Merged trees are compared every this many operations, and at the end.
+/// Merged trees are compared every this many operations, and at the end
+/// (`LAYERFS_DIFF_CHECK_EVERY=N` instead: 1 pins a difference to its op).
 const CHECK_EVERY: usize = 50;
 /// Parallel runs (each in its own thread with its own umask).
 const WORKERS: usize = 3;
@@ -669,6 +673,10 @@ fn drive(
         Plan::Generate { seed, nops } => (Some(Gen::new(seed, ops::layer_paths(&a.layers))), nops),
         Plan::Replay(ops) => (None, ops.len()),
     };
+    let check_every = env("LAYERFS_DIFF_CHECK_EVERY")
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(CHECK_EVERY);
     let mut fail = |i: Option<usize>, msg: String| {
         run.failure = Some(Failure { op_index: i, msg });
     };
@@ -717,7 +725,7 @@ fn drive(
         {
             let _ = ops::apply(b.root(), extra);
         }
-        if (i + 1) % CHECK_EVERY == 0 && i + 1 < nops {
+        if (i + 1) % check_every == 0 && i + 1 < nops {
             dog.doing(|| format!("comparing the merged trees after op #{i}"));
             let problems = merged_problems(a, b, since);
             if !problems.is_empty() {

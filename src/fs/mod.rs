@@ -68,6 +68,8 @@ pub struct LayerFs {
     /// Mutations are serialised: each touches a few listings and nodes
     /// that must change together. Reads never take it.
     write_lock: Mutex<()>,
+    /// Tells the kernel to drop what it cached, once the session exists.
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl LayerFs {
@@ -87,7 +89,26 @@ impl LayerFs {
             next_handle: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
             write_lock: Mutex::new(()),
+            notifier: Arc::default(),
         })
+    }
+
+    /// Where the session puts its notifier (see [`invalidate_attrs`]).
+    ///
+    /// [`invalidate_attrs`]: LayerFs::invalidate_attrs
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// The kernel drops its cached attributes of `ino`: for changes it
+    /// does not expect, such as a failed call that still touched the upper.
+    fn invalidate_attrs(&self, ino: INodeNo) {
+        if let Some(n) = self.notifier.get() {
+            // A negative offset leaves the page cache alone.
+            if let Err(e) = n.inval_inode(ino, -1, 0) {
+                debug!(ino = ino.0, error = %e, "attribute invalidation refused");
+            }
+        }
     }
 
     fn node(&self, ino: INodeNo, op: &'static str) -> Result<Arc<Node>> {
@@ -807,10 +828,15 @@ impl Filesystem for LayerFs {
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
-        reply_empty(
-            self.do_rename(parent, name, newparent, newname, flags.bits()),
-            reply,
-        );
+        let result = self.do_rename(parent, name, newparent, newname, flags.bits());
+        if result.is_err() && self.stack.is_writable() {
+            // The upper filesystem may have touched the parents before it
+            // refused (ext4 does on ENOTEMPTY with RENAME_WHITEOUT), and
+            // the kernel only refreshes them after a rename that worked.
+            self.invalidate_attrs(parent);
+            self.invalidate_attrs(newparent);
+        }
+        reply_empty(result, reply);
     }
 
     fn link(

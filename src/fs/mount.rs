@@ -58,6 +58,7 @@ pub fn mount(fs: LayerFs, cfg: &MountConfig, root_mode: u32) -> io::Result<Mount
     config.acl = acl;
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
+    let notifier = fs.notifier_slot();
     let session = if nix::unistd::geteuid().is_root() {
         let fd = mount_fuse(cfg, root_mode)?;
         Session::from_fd(fs, fd, acl, config)?
@@ -75,6 +76,7 @@ pub fn mount(fs: LayerFs, cfg: &MountConfig, root_mode: u32) -> io::Result<Mount
         ];
         Session::new(fs, &cfg.mountpoint, &config)?
     };
+    let _ = notifier.set(session.notifier());
     Ok(Mounted {
         session,
         mountpoint: cfg.mountpoint.clone(),
