@@ -523,7 +523,11 @@ impl Upper {
         to: &OsStr,
         leave_whiteout: bool,
     ) -> io::Result<()> {
-        if !self.whiteout_is_char_dev(to) {
+        // Swapping works when the whiteout there is the one the source
+        // name needs (a char device under either name).
+        let swap =
+            self.whiteout_is_char_dev(to) && (!leave_whiteout || self.whiteout_is_char_dev(from));
+        if !swap {
             self.remove_whiteout(to_dir, to)?;
             return self.rename(from_dir, from, to_dir, to, 0, leave_whiteout);
         }
