@@ -18,6 +18,9 @@
 //!   list; `LAYERFS_DIFF_OPS=N` operations per seed (default 2000 with a
 //!   seed, else the fixed list's count); `LAYERFS_DIFF_FIXTURE=NAME` instead
 //!   of the seed's fixture (`FIXTURES[seed % 9]`).
+//! * `LAYERFS_DIFF_REMOUNT_EVERY=N`: unmount and mount both sides again
+//!   every N operations (default 100; 0 never), then compare the merged
+//!   trees: each side must read back what it wrote.
 //! * `LAYERFS_DIFF_CHECK_EVERY=N`: compare the merged trees every N
 //!   operations instead of every 50 (1 finds the very operation that made
 //!   a difference only a tree comparison sees).
@@ -64,7 +67,7 @@ use std::fmt::Write as _;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::ops::{self, Gen, Op, Outcome, RelPath};
@@ -101,6 +104,10 @@ const ENV_OPS: usize = 2000;
 /// Merged trees are compared every this many operations, and at the end
 /// (`LAYERFS_DIFF_CHECK_EVERY=N` instead: 1 pins a difference to its op).
 const CHECK_EVERY: usize = 50;
+/// Both sides are unmounted and mounted again every this many operations
+/// (`LAYERFS_DIFF_REMOUNT_EVERY=N` instead, 0 never), and the merged trees
+/// compared once more: what each wrote must read back the same.
+const REMOUNT_EVERY: usize = 100;
 /// Parallel runs (each in its own thread with its own umask).
 const WORKERS: usize = 3;
 
@@ -195,7 +202,29 @@ struct Side {
     mnt: PathBuf,
     layers: Vec<PathBuf>,
     upper: PathBuf,
+    /// `upperdir=U,workdir=W`.
+    uw: String,
     _dir: tempfile::TempDir,
+}
+
+/// Mount `layers` with the upper and work dirs in `uw` as `target` does.
+fn mount_side(target: Target, layers: &[PathBuf], uw: &str) -> Mounted {
+    match target {
+        Target::Kernel => {
+            Mounted::Kernel(KernelOverlay::mount(layers, &format!("{uw},{KERNEL_OPTS}")))
+        }
+        Target::Layerfs => Mounted::Layerfs(LayerfsMount::mount(layers, uw)),
+        Target::LayerfsOci => {
+            Mounted::Layerfs(LayerfsMount::mount(layers, &format!("{uw},whiteout=oci")))
+        }
+    }
+}
+
+fn mount_path(m: &Mounted) -> PathBuf {
+    match m {
+        Mounted::Kernel(m) => m.path().to_path_buf(),
+        Mounted::Layerfs(m) => m.path().to_path_buf(),
+    }
 }
 
 impl Side {
@@ -212,28 +241,26 @@ impl Side {
             escape_opt_path(&upper),
             escape_opt_path(&work)
         );
-        let mount = match target {
-            Target::Kernel => Mounted::Kernel(KernelOverlay::mount(
-                &layers,
-                &format!("{uw},{KERNEL_OPTS}"),
-            )),
-            Target::Layerfs => Mounted::Layerfs(LayerfsMount::mount(&layers, &uw)),
-            Target::LayerfsOci => {
-                Mounted::Layerfs(LayerfsMount::mount(&layers, &format!("{uw},whiteout=oci")))
-            }
-        };
-        let mnt = match &mount {
-            Mounted::Kernel(m) => m.path().to_path_buf(),
-            Mounted::Layerfs(m) => m.path().to_path_buf(),
-        };
+        let mount = mount_side(target, &layers, &uw);
         Side {
             target,
+            mnt: mount_path(&mount),
             mount: Some(mount),
-            mnt,
             layers,
             upper,
+            uw,
             _dir: dir,
         }
+    }
+
+    /// Unmount, then mount the same layers, upper and work dir again (at a
+    /// new mount point): what was written must read back the same.
+    fn remount(&mut self) -> Result<(), String> {
+        self.unmount()?;
+        let mount = mount_side(self.target, &self.layers, &self.uw);
+        self.mnt = mount_path(&mount);
+        self.mount = Some(mount);
+        Ok(())
     }
 
     fn root(&self) -> &Path {
@@ -556,6 +583,8 @@ fn summarize_upper(t: &Tree) -> String {
 struct Watchdog {
     /// What is being waited for, since when.
     current: Mutex<Option<(String, Instant)>>,
+    /// The daemon to kill (0: none); changes when the side is remounted.
+    pid: AtomicU32,
     done: AtomicBool,
     /// What was running when the daemon was killed.
     fired: Mutex<Option<String>>,
@@ -566,15 +595,19 @@ impl Watchdog {
         *lock(&self.current) = Some((what(), Instant::now()));
     }
 
-    /// Runs until `finish`; kills `pid` (our own child) when one step
+    /// Runs until `finish`; kills the daemon (our own child) when one step
     /// takes longer than [`STEP_TIMEOUT`].
-    fn watch(&self, pid: u32) {
+    fn watch(&self) {
         while !self.done.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(100));
             let stuck = match &*lock(&self.current) {
                 Some((what, since)) if since.elapsed() > STEP_TIMEOUT => what.clone(),
                 _ => continue,
             };
+            let pid = self.pid.load(Ordering::SeqCst);
+            if pid == 0 {
+                continue;
+            }
             // SAFETY: kill has no memory-safety preconditions; `pid` is our
             // unreaped child, so it cannot name another process.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -609,10 +642,11 @@ fn run(fixture: &str, other: Target, plan: Plan<'_>, sabotage: Option<&(usize, O
     let dog = Watchdog::default();
     std::thread::scope(|s| {
         if let Some(pid) = b.daemon_pid() {
+            dog.pid.store(pid, Ordering::SeqCst);
             let dog = &dog;
-            s.spawn(move || dog.watch(pid));
+            s.spawn(move || dog.watch());
         }
-        drive(&a, &b, plan, sabotage, since, &mut run, &dog);
+        drive(&mut a, &mut b, plan, sabotage, since, &mut run, &dog);
         dog.finish();
     });
     if let Some(what) = lock(&dog.fired).take() {
@@ -660,8 +694,8 @@ fn run(fixture: &str, other: Target, plan: Plan<'_>, sabotage: Option<&(usize, O
 /// The operations of one run on the two live mounts, with their checks;
 /// stops at the first difference.
 fn drive(
-    a: &Side,
-    b: &Side,
+    a: &mut Side,
+    b: &mut Side,
     plan: Plan<'_>,
     sabotage: Option<&(usize, Op)>,
     since: i64,
@@ -677,6 +711,9 @@ fn drive(
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
         .unwrap_or(CHECK_EVERY);
+    let remount_every = env("LAYERFS_DIFF_REMOUNT_EVERY")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(REMOUNT_EVERY);
     let mut fail = |i: Option<usize>, msg: String| {
         run.failure = Some(Failure { op_index: i, msg });
     };
@@ -732,6 +769,28 @@ fn drive(
                 fail(
                     None,
                     show_problems(&format!("merged trees after op #{i}"), &problems),
+                );
+                return;
+            }
+        }
+        if remount_every > 0 && (i + 1) % remount_every == 0 && i + 1 < nops {
+            dog.doing(|| format!("remounting after op #{i}"));
+            // The daemon being replaced is reaped by its unmount.
+            dog.pid.store(0, Ordering::SeqCst);
+            if let Err(e) = a.remount().and_then(|()| b.remount()) {
+                fail(None, format!("remounting after op #{i}: {e}\n"));
+                return;
+            }
+            dog.pid.store(b.daemon_pid().unwrap_or(0), Ordering::SeqCst);
+            dog.doing(|| format!("comparing the merged trees after the remount at op #{i}"));
+            let problems = merged_problems(a, b, since);
+            if !problems.is_empty() {
+                fail(
+                    None,
+                    show_problems(
+                        &format!("merged trees after a remount at op #{i}"),
+                        &problems,
+                    ),
                 );
                 return;
             }

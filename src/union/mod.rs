@@ -438,6 +438,23 @@ impl LayerStack {
         }
     }
 
+    /// Whether lower layers show through the directory `dir` (the kernel's
+    /// "merge" type): some lower layer holds it, and its upper directory,
+    /// if any, is not opaque. (`MergedDir::layers` leaves opaque marks to
+    /// whoever reads the directory.)
+    pub fn shows_lower(&self, dir: &MergedDir) -> bool {
+        if !dir.layers.iter().any(|&l| l > 0) {
+            return false;
+        }
+        let upper_first = self.upper.is_some() && dir.layers.first() == Some(&0);
+        !(upper_first
+            && !dir.path.is_root()
+            && matches!(
+                self.layer(0).lookup_dir(&dir.path),
+                DirLookup::Dir { opaque: true }
+            ))
+    }
+
     /// The layers merging into the child directory `child` of `parent`: by
     /// name, or where the upper directory's redirect points.
     pub fn child_dir(

@@ -373,7 +373,7 @@ impl LayerStack {
                 return Ok(false);
             }
             let dir = self.child_dir(parent_dir(parent, "rename")?, c, at)?;
-            Ok(dir.layers.iter().any(|&l| l > 0))
+            Ok(self.shows_lower(&dir))
         };
         // A target directory with lower content must look empty through
         // the mount, and is cleared of its whiteouts. One without is left
