@@ -101,8 +101,8 @@ const LONG_PATHS: &str = "long-paths";
 
 /// The fixed seeds of `make test`: two per fixture.
 const FIXED_SEEDS: std::ops::Range<u64> = 1..19;
-/// Operations per fixed seed (18 x 225 = 4050 operations).
-const FIXED_OPS: usize = 225;
+/// Operations per fixed seed (18 x 500 = 9000 operations, 4 remounts each).
+const FIXED_OPS: usize = 500;
 /// Default operations per seed given in `LAYERFS_DIFF_SEED`.
 const ENV_OPS: usize = 2000;
 /// Merged trees are compared every this many operations, and at the end
