@@ -6,7 +6,7 @@ PREFIX  ?= /usr/local
 DEMO    ?= layers-fixtures/demo
 BIN      = target/release/layerfs
 
-.PHONY: all build test demo install uninstall lint fmt clean
+.PHONY: all build test demo bench install uninstall lint fmt clean
 
 all: build
 
@@ -30,6 +30,11 @@ demo: build
 	echo "+ cat etc/os-release"; cat "$$mnt/etc/os-release"; \
 	echo "+ df -h $$mnt"; df -h "$$mnt"; \
 	echo "+ layerfs umount $$mnt"
+
+# Benchmark against the kernel's overlayfs and fuse-overlayfs in one run
+# (docs/performance.md); root, about 1.5 minutes. Not part of `make test`.
+bench: build
+	python3 bench/run.py --bin $(BIN)
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/layerfs
