@@ -38,7 +38,7 @@
 //! * every 50 operations and at the end: the merged trees (`common::tree`
 //!   snapshots: types, modes, owners, sizes, contents, symlink targets,
 //!   devices, xattrs, mtimes, link counts, hard-link groups);
-//! * unmounted, the upper dirs: the same, whiteouts included (char devices
+//! * unmounted (at each remount and at the end), the upper dirs: the same, whiteouts included (char devices
 //!   0/0), with `trusted.overlay.opaque` and `trusted.overlay.redirect`
 //!   (kernel vs kernel: its value; layerfs: only that it is there), and the
 //!   escaped `trusted.overlay.overlay.*` the kernel stores for overlay
@@ -108,9 +108,10 @@ const ENV_OPS: usize = 2000;
 /// Merged trees are compared every this many operations, and at the end
 /// (`LAYERFS_DIFF_CHECK_EVERY=N` instead: 1 pins a difference to its op).
 const CHECK_EVERY: usize = 50;
-/// Both sides are unmounted and mounted again every this many operations
-/// (`LAYERFS_DIFF_REMOUNT_EVERY=N` instead, 0 never), and the merged trees
-/// compared once more: what each wrote must read back the same.
+/// Both sides are unmounted every this many operations (and
+/// `LAYERFS_DIFF_REMOUNT_EVERY=N` instead, 0 never), their upper dirs
+/// compared, then mounted again and the merged trees compared once more:
+/// what each wrote must read back the same.
 const REMOUNT_EVERY: usize = 100;
 /// Parallel runs (each in its own thread with its own umask).
 const WORKERS: usize = 3;
@@ -257,14 +258,11 @@ impl Side {
         }
     }
 
-    /// Unmount, then mount the same layers, upper and work dir again (at a
-    /// new mount point): what was written must read back the same.
-    fn remount(&mut self) -> Result<(), String> {
-        self.unmount()?;
+    /// Mount again after [`Side::unmount`] (at a new mount point).
+    fn mount_again(&mut self) {
         let mount = mount_side(self.target, &self.layers, &self.uw);
         self.mnt = mount_path(&mount);
         self.mount = Some(mount);
-        Ok(())
     }
 
     fn root(&self) -> &Path {
@@ -488,6 +486,17 @@ fn upper_view(upper: &Path, policy: UpperPolicy, since: i64) -> Tree {
     t
 }
 
+/// The upper dirs of two unmounted sides compared as the other side's
+/// target allows (an OCI upper is not the kernel's format: not compared).
+fn upper_problems_of(a: &Side, b: &Side, since: i64) -> Vec<String> {
+    let policy = match b.target {
+        Target::Kernel => UpperPolicy::Strict,
+        Target::Layerfs => UpperPolicy::Compatible,
+        Target::LayerfsOci => return Vec::new(),
+    };
+    upper_problems(a, b, policy, since)
+}
+
 fn upper_problems(a: &Side, b: &Side, policy: UpperPolicy, since: i64) -> Vec<String> {
     let opts = DiffOptions {
         dir_sizes: false,
@@ -678,12 +687,7 @@ fn run(fixture: &str, other: Target, plan: Plan<'_>, sabotage: Option<&(usize, O
                 msg: format!("unmounting: {e}\n"),
             });
         } else {
-            let policy = match other {
-                Target::Kernel => Some(UpperPolicy::Strict),
-                Target::Layerfs => Some(UpperPolicy::Compatible),
-                Target::LayerfsOci => None,
-            };
-            let problems = policy.map_or_else(Vec::new, |p| upper_problems(&a, &b, p, since));
+            let problems = upper_problems_of(&a, &b, since);
             if !problems.is_empty() {
                 run.failure = Some(Failure {
                     op_index: None,
@@ -796,10 +800,20 @@ fn drive(
             dog.doing(|| format!("remounting after op #{i}"));
             // The daemon being replaced is reaped by its unmount.
             dog.pid.store(0, Ordering::SeqCst);
-            if let Err(e) = a.remount().and_then(|()| b.remount()) {
-                fail(None, format!("remounting after op #{i}: {e}\n"));
+            if let Err(e) = a.unmount().and_then(|()| b.unmount()) {
+                fail(None, format!("unmounting after op #{i}: {e}\n"));
                 return;
             }
+            let problems = upper_problems_of(a, b, since);
+            if !problems.is_empty() {
+                fail(
+                    None,
+                    show_problems(&format!("upper dirs after op #{i}"), &problems),
+                );
+                return;
+            }
+            a.mount_again();
+            b.mount_again();
             dog.pid.store(b.daemon_pid().unwrap_or(0), Ordering::SeqCst);
             dog.doing(|| format!("comparing the merged trees after the remount at op #{i}"));
             let problems = merged_problems(a, b, since);

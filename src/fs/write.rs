@@ -173,6 +173,23 @@ impl LayerFs {
         let dst_dir = self.node(newparent, "rename")?;
         self.writable("rename", &src_dir)?;
         let _w = self.lock_writes();
+        // Refuse before copying anything up, as the kernel does.
+        let (sp, dp) = (src_dir.state().obj.clone(), dst_dir.state().obj.clone());
+        let src_listing = src_dir.listing(&self.stack)?;
+        let dst_listing = dst_dir.listing(&self.stack)?;
+        let distinct = src_dir.ino != dst_dir.ino;
+        let checked = self.stack.check_rename(
+            &sp,
+            &src_listing,
+            name,
+            &dp,
+            distinct.then_some(&*dst_listing),
+            newname,
+            flags,
+        )?;
+        if checked.is_none() {
+            return Ok(()); // two names of one file
+        }
         self.ensure_upper(&src_dir)?;
         self.ensure_upper(&dst_dir)?;
         // The objects moved must be in the upper: copy them up through

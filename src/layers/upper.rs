@@ -450,12 +450,25 @@ impl Upper {
 
     /// Remove every whiteout and opaque marker inside the upper directory
     /// `dir/name` (it must hold nothing else), so rename(2) can replace it.
-    pub fn clear(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    /// With `hide_lower` (a directory with lower content) it is left
+    /// opaque and without a redirect, as the kernel leaves the merge
+    /// directory it empties, which shows should the rename still fail.
+    pub fn clear(&self, dir: BorrowedFd<'_>, name: &OsStr, hide_lower: bool) -> io::Result<()> {
         let cname = cstr(name)?;
         self.check_only_whiteouts(dir, &cname)?;
         let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
         let fd = sys::openat_beneath(dir, &cname, flags)?;
-        remove_contents(fd.as_fd())
+        remove_contents(fd.as_fd())?;
+        if !hide_lower {
+            return Ok(());
+        }
+        self.mark_opaque(dir, &cname)?;
+        let key = self.xattr_name("redirect");
+        // SAFETY: valid fd and C string.
+        match cvt(unsafe { libc::fremovexattr(fd.as_raw_fd(), key.as_ptr()) }) {
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+            other => other,
+        }
     }
 
     /// ENOTEMPTY unless the upper directory `dir/name` (if it is one)

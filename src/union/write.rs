@@ -36,6 +36,17 @@ pub struct AttrChange {
     pub mtime: Option<(i64, i64)>,
 }
 
+/// The two names of a rename, checked (see [`LayerStack::check_rename`]).
+#[derive(Debug)]
+pub struct RenameCheck {
+    pub src: Child,
+    pub target: Option<Child>,
+    /// The target is an upper directory to clear of whiteouts first.
+    pub clear_target: bool,
+    /// The target is a directory with lower content.
+    pub target_lower: bool,
+}
+
 impl LayerStack {
     fn upper_layer(&self, op: &'static str, path: &RelPath) -> Result<&Upper> {
         self.upper
@@ -288,6 +299,91 @@ impl LayerStack {
         Ok(self.read_dir(&merged)?.is_empty())
     }
 
+    /// Whether the directory `c` of `parent` has lower content as a lookup
+    /// finds it: by name, or through the redirect it already carries.
+    fn dir_shows_lower(&self, parent: &Resolved, c: &Child, at: &RelPath) -> Result<bool> {
+        if c.kind != FileKind::Dir {
+            return Ok(false);
+        }
+        let dir = self.child_dir(parent_dir(parent, "rename")?, c, at)?;
+        Ok(self.shows_lower(&dir))
+    }
+
+    /// What rename(2) finds at its two names, checked before anything is
+    /// copied up, in the kernel's order: ENOENT, EINVAL for an OCI name,
+    /// EEXIST, ENOTDIR/EISDIR, ENOTEMPTY for a target with lower content.
+    /// None when both names are one file (nothing to do).
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_rename(
+        &self,
+        src_parent: &Resolved,
+        src_listing: &Listing,
+        name: &OsStr,
+        dst_parent: &Resolved,
+        dst_listing: Option<&Listing>,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<Option<RenameCheck>> {
+        let join =
+            |p: &Resolved, n: &OsStr| p.path.join(n).map_err(|e| Error::io(e, "rename", &p.path));
+        let (from, to) = (join(src_parent, name)?, join(dst_parent, newname)?);
+        let upper = self.upper_layer("rename", &from)?;
+        let src = src_listing
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::errno(libc::ENOENT, "rename", &from))?;
+        let target = dst_listing.unwrap_or(src_listing).get(newname).cloned();
+        if is_reserved_name(upper, newname) {
+            return Err(Error::new(
+                libc::EINVAL,
+                "rename",
+                &to,
+                "name reserved for OCI whiteouts",
+            ));
+        }
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if flags & libc::RENAME_NOREPLACE != 0 && target.is_some() {
+            return Err(Error::errno(libc::EEXIST, "rename", &to));
+        }
+        if exchange && target.is_none() {
+            return Err(Error::errno(libc::ENOENT, "rename", &to));
+        }
+        // A target directory with lower content must look empty through
+        // the mount, and is cleared of its whiteouts. One without is left
+        // to rename(2) to refuse (the kernel too finds out that late, after
+        // it has set the source's redirect, and the upper filesystem may
+        // touch the source's parent on the way). An OCI upper may hold an
+        // opaque marker there: cleared, which refuses real entries.
+        let (mut clear_target, mut target_lower) = (false, false);
+        if let Some(t) = &target {
+            if t.ino == src.ino && !exchange {
+                return Ok(None);
+            }
+            let (s_dir, t_dir) = (src.kind == FileKind::Dir, t.kind == FileKind::Dir);
+            if !exchange {
+                if s_dir && !t_dir {
+                    return Err(Error::errno(libc::ENOTDIR, "rename", &to));
+                }
+                if !s_dir && t_dir {
+                    return Err(Error::errno(libc::EISDIR, "rename", &to));
+                }
+                target_lower = self.dir_shows_lower(dst_parent, t, &to)?;
+                if target_lower && !self.dir_is_empty(dst_parent, t, &to)? {
+                    return Err(Error::errno(libc::ENOTEMPTY, "rename", &to));
+                }
+                clear_target = t_dir
+                    && t.layer == 0
+                    && (target_lower || upper.format() == WhiteoutFormat::Oci);
+            }
+        }
+        Ok(Some(RenameCheck {
+            src,
+            target,
+            clear_target,
+            target_lower,
+        }))
+    }
+
     /// The redirect to record on a directory that moves from `src_parent`
     /// to `dst_parent`: its lower path, relative when only its name
     /// changes (the kernel's choice), else absolute.
@@ -341,81 +437,29 @@ impl LayerStack {
             .join(newname)
             .map_err(|e| Error::io(e, "rename", &dst_parent.path))?;
         let upper = self.upper_layer("rename", &from)?;
-        let src = src_listing
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::errno(libc::ENOENT, "rename", &from))?;
+        let Some(RenameCheck {
+            src,
+            target,
+            clear_target,
+            target_lower,
+        }) = self.check_rename(
+            src_parent,
+            src_listing,
+            name,
+            dst_parent,
+            dst_listing.as_deref(),
+            newname,
+            flags,
+        )?
+        else {
+            return Ok(()); // two names of one file: nothing to do
+        };
         let dst_view = dst_listing.as_deref().unwrap_or(src_listing);
-        let target = dst_view.get(newname).cloned();
         let target_whiteout = dst_view.upper_whiteouts.get(newname).copied();
         // The kernel's rule: a directory without lower content moving into
         // a merged directory is made opaque (lookups below it stop there).
         let (dst_merged, src_merged) = (dst_view.has_lower, src_listing.has_lower);
-        if is_reserved_name(upper, newname) {
-            return Err(Error::new(
-                libc::EINVAL,
-                "rename",
-                &to,
-                "name reserved for OCI whiteouts",
-            ));
-        }
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        if flags & libc::RENAME_NOREPLACE != 0 && target.is_some() {
-            return Err(Error::errno(libc::EEXIST, "rename", &to));
-        }
-        if exchange && target.is_none() {
-            return Err(Error::errno(libc::ENOENT, "rename", &to));
-        }
-        // Lower content as a lookup finds it: by name, or through the
-        // redirect a directory moved before already carries.
-        let has_lower = |parent: &Resolved, c: &Child, at: &RelPath| -> Result<bool> {
-            if c.kind != FileKind::Dir {
-                return Ok(false);
-            }
-            let dir = self.child_dir(parent_dir(parent, "rename")?, c, at)?;
-            Ok(self.shows_lower(&dir))
-        };
-        // A target directory with lower content must look empty through
-        // the mount, and is cleared of its whiteouts. One without is left
-        // to rename(2) to refuse (the kernel too finds out that late, after
-        // it has set the source's redirect, and the upper filesystem may
-        // touch the source's parent on the way). An OCI upper may hold an
-        // opaque marker there: cleared, which refuses real entries.
-        let mut clear_target = false;
-        if let Some(t) = &target {
-            if t.ino == src.ino && !exchange {
-                return Ok(()); // two names of one file: nothing to do
-            }
-            let (s_dir, t_dir) = (src.kind == FileKind::Dir, t.kind == FileKind::Dir);
-            if !exchange {
-                if s_dir && !t_dir {
-                    return Err(Error::errno(libc::ENOTDIR, "rename", &to));
-                }
-                if !s_dir && t_dir {
-                    return Err(Error::errno(libc::EISDIR, "rename", &to));
-                }
-                let t_lower = has_lower(dst_parent, t, &to)?;
-                if t_lower && !self.dir_is_empty(dst_parent, t, &to)? {
-                    return Err(Error::errno(libc::ENOTEMPTY, "rename", &to));
-                }
-                clear_target =
-                    t_dir && t.layer == 0 && (t_lower || upper.format() == WhiteoutFormat::Oci);
-            }
-        }
-        // A directory with lower content keeps it through a redirect, in
-        // O(1): its content is not copied (the kernel with redirect_dir=on).
-        let same_dir = src_parent.upath == dst_parent.upath;
-        let src_redirect = if has_lower(src_parent, &src, &from)? {
-            Some(self.redirect_for(src_parent, &src, &from, same_dir)?)
-        } else {
-            None
-        };
-        let target_redirect = match &target {
-            Some(t) if exchange && has_lower(dst_parent, t, &to)? => {
-                Some(self.redirect_for(dst_parent, t, &to, same_dir)?)
-            }
-            _ => None,
-        };
         if src.layer != 0 || (exchange && target.as_ref().is_some_and(|t| t.layer != 0)) {
             return Err(Error::new(
                 libc::EIO,
@@ -432,6 +476,38 @@ impl LayerStack {
         );
         let io_err =
             |e: io::Error| Error::io(e, "rename", super::layer_display(self.layer(0), &from));
+        // A directory with lower content keeps it through a redirect, in
+        // O(1): its content is not copied (the kernel with redirect_dir=on).
+        let same_dir = src_parent.upath == dst_parent.upath;
+        let redirects = (|| -> Result<_> {
+            let src_redirect = if self.dir_shows_lower(src_parent, &src, &from)? {
+                Some(self.redirect_for(src_parent, &src, &from, same_dir)?)
+            } else {
+                None
+            };
+            let target_redirect = match &target {
+                Some(t) if exchange && self.dir_shows_lower(dst_parent, t, &to)? => {
+                    Some(self.redirect_for(dst_parent, t, &to, same_dir)?)
+                }
+                _ => None,
+            };
+            Ok((src_redirect, target_redirect))
+        })();
+        // The target may still hold whiteouts and markers: they are cleared
+        // so rename can replace it (ENOTEMPTY if it holds anything else).
+        // The kernel empties a target with lower content before it makes
+        // the source's redirect; when that fails (EXDEV), the target stays
+        // empty and opaque. Other targets (an OCI upper's opaque marker)
+        // are cleared where the kernel's rename(2) would find them.
+        if clear_target && target_lower {
+            upper
+                .clear(dfd, newname, redirects.is_err())
+                .map_err(io_err)?;
+        }
+        let (src_redirect, target_redirect) = redirects?;
+        if clear_target && !target_lower {
+            upper.clear(dfd, newname, false).map_err(io_err)?;
+        }
         let dst_lower = target
             .as_ref()
             .map(|t| t.lower || t.layer > 0)
@@ -477,12 +553,6 @@ impl LayerStack {
             Some(t) if t.ino != src.ino => self.lower_alias_key(dst_parent, t, "rename")?,
             _ => None,
         };
-        // Make room at the target.
-        if clear_target {
-            // It may still hold whiteouts and markers: clear them so
-            // rename can replace it (ENOTEMPTY if it holds anything else).
-            upper.clear(dfd, newname).map_err(io_err)?;
-        }
         if src.kind == FileKind::Dir && dst_merged && src_redirect.is_none() {
             upper.mark_opaque(sfd, &cstring(name)?).map_err(io_err)?;
         }
