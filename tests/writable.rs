@@ -1198,3 +1198,63 @@ fn lower_hard_links_survive_a_remount() {
     unmount_layerfs(m);
     assert_same("layerfs before vs after a remount", &before, &after);
 }
+
+/// A lower object keeps its inode number when it is copied up, and after a
+/// remount (the origin log in the work dir), as with the kernel. A file
+/// copied up and then hard-linked shows one number for both names.
+#[test]
+fn copied_up_objects_keep_their_inode_numbers() {
+    let s = Stack::new("wr-ino-", "demo", Dialect::OverlayTrusted);
+    let ino = |root: &Path, rel: &str| {
+        step(
+            &format!("lstat {rel}"),
+            fs::symlink_metadata(root.join(rel)),
+        )
+        .ino()
+    };
+    let m = LayerfsMount::mount(&s.layers, &s.uw());
+    let (file, dir) = (ino(m.path(), "etc/hostname"), ino(m.path(), "usr/share"));
+    {
+        let mut f = step(
+            "open etc/hostname for append",
+            fs::OpenOptions::new()
+                .append(true)
+                .open(m.path().join("etc/hostname")),
+        );
+        step("append to etc/hostname", f.write_all(b"more\n"));
+    }
+    step(
+        "chmod 0700 usr/share",
+        fs::set_permissions(
+            m.path().join("usr/share"),
+            fs::Permissions::from_mode(0o700),
+        ),
+    );
+    step(
+        "link etc/hostname srv-hostname",
+        fs::hard_link(m.path().join("etc/hostname"), m.path().join("srv-hostname")),
+    );
+    let copied = [
+        ino(m.path(), "etc/hostname"),
+        ino(m.path(), "usr/share"),
+        ino(m.path(), "srv-hostname"),
+    ];
+    unmount_layerfs(m);
+    assert!(
+        s.upper.join("etc/hostname").exists() && s.upper.join("usr/share").exists(),
+        "nothing was copied up"
+    );
+    let m = LayerfsMount::mount(&s.layers, &s.uw());
+    let remounted = [
+        ino(m.path(), "etc/hostname"),
+        ino(m.path(), "usr/share"),
+        ino(m.path(), "srv-hostname"),
+    ];
+    unmount_layerfs(m);
+    assert_eq!(copied, [file, dir, file], "after copy-up (file, dir, link)");
+    assert_eq!(
+        remounted,
+        [file, dir, file],
+        "after a remount (file, dir, link)"
+    );
+}

@@ -49,10 +49,23 @@ pub struct Upper {
     /// Copies of hard-linked lower files, by lower identity, so every name
     /// of one lower file shares one upper inode (the kernel's index=on).
     index: Layer,
-    /// Upper inode number of each index entry → the lower (dev, ino) it
-    /// copies, so its names keep the lower's inode number across mounts.
+    /// Upper inode number of each copied-up object (index entries
+    /// included) → the lower (dev, ino) it copies, so it keeps the lower's
+    /// inode number whenever its directory is read, also after a remount.
     origins: std::sync::Mutex<std::collections::HashMap<u64, (u64, u64)>>,
+    /// Where copy-ups outside the index record their origin
+    /// ([`ORIGIN_LOG`]); None if it cannot be written.
+    origin_log: std::sync::Mutex<Option<std::fs::File>>,
 }
+
+/// The log of copy-up origins, in the index dir (its name is no index
+/// key): records of three little-endian u64, upper inode, lower dev, lower
+/// inode; a later record for an inode wins, a torn last record is ignored.
+/// An inode the upper filesystem reuses for a new object keeps a stale
+/// origin: that object shows the number of a lower object the copy-up
+/// hid, which nothing else shows.
+const ORIGIN_LOG: &str = "origins.log";
+const ORIGIN_RECORD: usize = 24;
 
 /// Where the hard-link index lives inside the work dir. Not the kernel's
 /// `index/`, whose entry names are file handles it verifies at mount.
@@ -128,8 +141,28 @@ impl Upper {
                 origins.insert(std::os::unix::fs::DirEntryExt::ino(&entry), origin);
             }
         }
+        let log_path = index_path.join(ORIGIN_LOG);
+        match std::fs::read(&log_path) {
+            Ok(bytes) => {
+                for rec in bytes.chunks_exact(ORIGIN_RECORD) {
+                    let word = |i: usize| {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&rec[i * 8..i * 8 + 8]);
+                        u64::from_le_bytes(b)
+                    };
+                    origins.insert(word(0), (word(1), word(2)));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let origin_log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log_path)?;
         Ok(Upper {
             origins: std::sync::Mutex::new(origins),
+            origin_log: std::sync::Mutex::new(Some(origin_log)),
             index,
             work,
             format,
@@ -159,6 +192,30 @@ impl Upper {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.get(&upper_ino).copied()
+    }
+
+    /// Record that the upper inode `upper_ino` is a copy of `lower`.
+    fn note_copy_origin(&self, upper_ino: u64, lower: &Stat) {
+        let mut rec = Vec::with_capacity(ORIGIN_RECORD);
+        for w in [upper_ino, lower.dev, lower.ino] {
+            rec.extend_from_slice(&w.to_le_bytes());
+        }
+        let mut log = self
+            .origin_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(f) = log.as_mut()
+            && let Err(e) = std::io::Write::write_all(f, &rec)
+        {
+            // Only inode numbers after a remount depend on it.
+            tracing::warn!(error = %e, "cannot record a copy-up's origin; not trying again");
+            *log = None;
+        }
+        drop(log);
+        self.origins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(upper_ino, (lower.dev, lower.ino));
     }
 
     fn note_origin(&self, key: &RelPath, st: &Stat) {
@@ -632,7 +689,11 @@ impl Upper {
         let result = build()
             .and_then(|()| self.install(&tmp, dir, name, false))
             .and_then(|()| set_fd_times(dir, parent.atime, parent.mtime));
-        self.finish(&tmp, result, dir, name)
+        let copied = self.finish(&tmp, result, dir, name)?;
+        if index_key.is_none() {
+            self.note_copy_origin(copied.ino, st);
+        }
+        Ok(copied)
     }
 
     fn build_copy(

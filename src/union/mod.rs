@@ -277,7 +277,7 @@ impl LayerStack {
                             name: entry.name.clone(),
                             kind,
                             layer: layer_idx,
-                            ino: self.child_ino(layer_idx, kind, entry.ino),
+                            ino: self.child_ino(layer_idx, entry.ino),
                             dir_layers: if is_dir { vec![layer_idx] } else { Vec::new() },
                             lower: below_upper,
                         });
@@ -397,12 +397,13 @@ impl LayerStack {
         })
     }
 
-    /// The union inode number of an entry: its real one, or, for the
-    /// upper copy of a hard-linked lower file, the lower file's, so all its
-    /// names keep one number, also after a remount.
-    fn child_ino(&self, layer: LayerIdx, kind: FileKind, real: u64) -> u64 {
+    /// The union inode number of an entry: its real one, or, for an upper
+    /// copy of a lower object, the lower object's, so a copied-up object
+    /// (and every name of a hard-linked one) keeps its number, also after
+    /// a remount.
+    fn child_ino(&self, layer: LayerIdx, real: u64) -> u64 {
         let origin = match &self.upper {
-            Some(upper) if layer == 0 && kind != FileKind::Dir => upper.origin_of(real),
+            Some(upper) if layer == 0 => upper.origin_of(real),
             _ => None,
         };
         origin
