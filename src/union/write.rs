@@ -479,19 +479,12 @@ impl LayerStack {
         // A directory with lower content keeps it through a redirect, in
         // O(1): its content is not copied (the kernel with redirect_dir=on).
         let same_dir = src_parent.upath == dst_parent.upath;
-        let redirects = (|| -> Result<_> {
-            let src_redirect = if self.dir_shows_lower(src_parent, &src, &from)? {
-                Some(self.redirect_for(src_parent, &src, &from, same_dir)?)
-            } else {
-                None
-            };
-            let target_redirect = match &target {
-                Some(t) if exchange && self.dir_shows_lower(dst_parent, t, &to)? => {
-                    Some(self.redirect_for(dst_parent, t, &to, same_dir)?)
-                }
-                _ => None,
-            };
-            Ok((src_redirect, target_redirect))
+        let src_redirect = (|| -> Result<_> {
+            if !self.dir_shows_lower(src_parent, &src, &from)? {
+                return Ok(None);
+            }
+            self.redirect_for(src_parent, &src, &from, same_dir)
+                .map(Some)
         })();
         // The target may still hold whiteouts and markers: they are cleared
         // so rename can replace it (ENOTEMPTY if it holds anything else).
@@ -501,12 +494,33 @@ impl LayerStack {
         // are cleared where the kernel's rename(2) would find them.
         if clear_target && target_lower {
             upper
-                .clear(dfd, newname, redirects.is_err())
+                .clear(dfd, newname, src_redirect.is_err())
                 .map_err(io_err)?;
         }
-        let (src_redirect, target_redirect) = redirects?;
+        let src_redirect = src_redirect?;
         if clear_target && !target_lower {
             upper.clear(dfd, newname, false).map_err(io_err)?;
+        }
+        // The source's mark, then the target's (an exchange's), each made
+        // before the kernel looks at the next, so a redirect that fails
+        // (EXDEV) leaves what the kernel leaves. A directory landing where
+        // lower content exists must hide it, unless a redirect says where
+        // its own lower content is.
+        if let Some(r) = &src_redirect {
+            upper.set_redirect(sfd, name, r).map_err(io_err)?;
+        } else if src.kind == FileKind::Dir && dst_merged {
+            upper.mark_opaque(sfd, &cstring(name)?).map_err(io_err)?;
+        }
+        if let Some(t) = target
+            .as_ref()
+            .filter(|t| exchange && t.kind == FileKind::Dir)
+        {
+            if self.dir_shows_lower(dst_parent, t, &to)? {
+                let r = self.redirect_for(dst_parent, t, &to, same_dir)?;
+                upper.set_redirect(dfd, newname, &r).map_err(io_err)?;
+            } else if src_merged {
+                upper.mark_opaque(dfd, &cstring(newname)?).map_err(io_err)?;
+            }
         }
         let dst_lower = target
             .as_ref()
@@ -514,24 +528,10 @@ impl LayerStack {
             .unwrap_or(false)
             || target_whiteout.unwrap_or(false);
 
-        if let Some(r) = &src_redirect {
-            upper.set_redirect(sfd, name, r).map_err(io_err)?;
-        }
-        if let Some(r) = &target_redirect {
-            upper.set_redirect(dfd, newname, r).map_err(io_err)?;
-        }
         if exchange {
             let t = target
                 .clone()
                 .ok_or_else(|| Error::errno(libc::ENOENT, "rename", &to))?;
-            // A directory landing where lower content exists must hide it,
-            // unless a redirect says where its own lower content is.
-            if src.kind == FileKind::Dir && dst_merged && src_redirect.is_none() {
-                upper.mark_opaque(sfd, &cstring(name)?).map_err(io_err)?;
-            }
-            if t.kind == FileKind::Dir && src_merged && target_redirect.is_none() {
-                upper.mark_opaque(dfd, &cstring(newname)?).map_err(io_err)?;
-            }
             upper
                 .rename(sfd, name, dfd, newname, libc::RENAME_EXCHANGE, false)
                 .map_err(io_err)?;
@@ -553,9 +553,6 @@ impl LayerStack {
             Some(t) if t.ino != src.ino => self.lower_alias_key(dst_parent, t, "rename")?,
             _ => None,
         };
-        if src.kind == FileKind::Dir && dst_merged && src_redirect.is_none() {
-            upper.mark_opaque(sfd, &cstring(name)?).map_err(io_err)?;
-        }
         if target.is_none() && target_whiteout.is_some() {
             upper.rename_over_whiteout(sfd, name, dfd, newname, src.lower)
         } else {
