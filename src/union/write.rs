@@ -412,11 +412,12 @@ impl LayerStack {
         Ok(abs)
     }
 
-    /// rename(2) inside the union. Both parents are in the upper, and so is
-    /// the source (copied up by the caller) unless it is a directory with
-    /// lower content: that needs a redirect, which is not written yet, so
-    /// it is refused with EXDEV as the kernel does without redirect_dir.
-    /// `dst_listing` is None when both names are in one directory.
+    /// rename(2) inside the union. Both parents and the source (and an
+    /// exchanged target) are in the upper already: the caller copied them
+    /// up after [`LayerStack::check_rename`] let it through. A directory
+    /// is copied up alone; a redirect keeps its lower content. EXDEV only
+    /// past the kernel's redirect_max. `dst_listing` is None when both
+    /// names are in one directory.
     #[allow(clippy::too_many_arguments)]
     pub fn rename(
         &self,
