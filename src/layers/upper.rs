@@ -446,12 +446,7 @@ impl Upper {
     /// in the work dir and renamed into place, as the kernel does, so it
     /// never takes the group of a setgid directory.
     pub fn whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-        let char_dev = self.whiteout_is_char_dev(name);
-        let target = if char_dev {
-            cstr(name)?
-        } else {
-            oci_whiteout_name(name)?
-        };
+        let (target, char_dev) = self.whiteout_entry(name)?;
         let tmp = self.tmp_name();
         let work = self.work.as_fd();
         let made = if char_dev {
@@ -512,9 +507,9 @@ impl Upper {
     /// directory it empties, which shows should the rename still fail.
     pub fn clear(&self, dir: BorrowedFd<'_>, name: &OsStr, hide_lower: bool) -> io::Result<()> {
         let cname = cstr(name)?;
-        self.check_only_whiteouts(dir, &cname)?;
         let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
         let fd = sys::openat_beneath(dir, &cname, flags)?;
+        self.holds_only_whiteouts(fd.as_fd())?;
         remove_contents(fd.as_fd())?;
         if !hide_lower {
             return Ok(());
@@ -534,13 +529,18 @@ impl Upper {
     /// called it empty ever be wrong.
     fn check_only_whiteouts(&self, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
         let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-        let fd = match sys::openat_beneath(dir, name, flags) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(()),
-            Err(e) => return Err(e),
-        };
+        match sys::openat_beneath(dir, name, flags) {
+            Ok(fd) => self.holds_only_whiteouts(fd.as_fd()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// ENOTEMPTY unless the directory open at `fd` holds only whiteouts
+    /// and markers of this upper's format.
+    fn holds_only_whiteouts(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         let oci = self.format == WhiteoutFormat::Oci;
-        let mut d = nix::dir::Dir::from_fd(fd.try_clone()?).map_err(io::Error::from)?;
+        let mut d = nix::dir::Dir::from_fd(fd.try_clone_to_owned()?).map_err(io::Error::from)?;
         for entry in d.iter() {
             let entry = entry.map_err(io::Error::from)?;
             let n = entry.file_name();
@@ -549,7 +549,7 @@ impl Upper {
             }
             let marks = whiteout::DirMarks::default();
             if let whiteout::Classified::Object(_) =
-                whiteout::classify(fd.as_fd(), n, entry.file_type(), marks, oci)?
+                whiteout::classify(fd, n, entry.file_type(), marks, oci)?
             {
                 return Err(io::Error::from_raw_os_error(libc::ENOTEMPTY));
             }
@@ -612,10 +612,16 @@ impl Upper {
 
     /// Remove the whiteout for `name` in `dir` (before a rename lands on it).
     fn remove_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        remove_entry(dir, &self.whiteout_entry(name)?.0)
+    }
+
+    /// The entry that whites `name` out in this upper, and whether it is a
+    /// char device (else an empty `.wh.NAME` file).
+    fn whiteout_entry(&self, name: &OsStr) -> io::Result<(CString, bool)> {
         if self.whiteout_is_char_dev(name) {
-            remove_entry(dir, &cstr(name)?)
+            Ok((cstr(name)?, true))
         } else {
-            remove_entry(dir, &oci_whiteout_name(name)?)
+            Ok((oci_whiteout_name(name)?, false))
         }
     }
 
