@@ -125,7 +125,7 @@ impl LayerFs {
     /// The attributes to report. Upper objects change under our own
     /// writes, so they are read again; lower ones never change.
     fn attr(&self, node: &Node) -> FileAttr {
-        let mut obj = node.state().obj.clone();
+        let mut obj = node.obj();
         // A lower name of a hard-linked file whose index copy was made
         // since (through another name): it shows that copy from now on.
         if let Some((key, st)) = self.stack.indexed(obj.layer, obj.kind, &obj.stat) {
@@ -135,7 +135,7 @@ impl LayerFs {
                 s.obj.stat = st;
                 s.obj.index_key = Some(key);
             });
-            obj = node.state().obj.clone();
+            obj = node.obj();
         }
         let upper_copy = obj.layer == 0 || obj.layer == INDEX_LAYER;
         let stale = upper_copy && self.stack.is_writable();
@@ -162,7 +162,7 @@ impl LayerFs {
     }
 
     fn generation(node: &Node) -> Generation {
-        Generation(node.state().generation)
+        Generation(node.read(|s| s.generation))
     }
 
     fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<Option<(FileAttr, Generation)>> {
@@ -178,7 +178,7 @@ impl LayerFs {
         let Some(child) = listing.get(name) else {
             return Ok(None);
         };
-        let merged = dir.state().obj.dir.clone();
+        let merged = dir.read(|s| s.obj.dir.clone());
         let Some(merged) = merged else {
             return Err(Error::errno(
                 libc::ENOTDIR,
@@ -201,12 +201,16 @@ impl LayerFs {
         let access = flags.0 & libc::O_ACCMODE;
         if access != libc::O_RDONLY {
             if !self.stack.is_writable() {
-                return Err(Error::errno(libc::EROFS, "open", &node.state().obj.path));
+                return Err(Error::errno(
+                    libc::EROFS,
+                    "open",
+                    node.read(|s| s.obj.path.clone()),
+                ));
             }
             let _w = self.lock_writes();
             self.ensure_upper(&node)?;
         }
-        let obj = node.state().obj.clone();
+        let obj = node.obj();
         let layer = self.stack.layer(obj.layer);
         // O_APPEND is not passed on: the kernel sends the offset to write at.
         let keep = libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
@@ -285,7 +289,7 @@ impl LayerFs {
         let Some(node) = self.nodes.get(h.ino) else {
             return Ok(());
         };
-        let obj = node.state().obj.clone();
+        let obj = node.obj();
         if obj.layer == h.layer {
             return Ok(());
         }
@@ -298,10 +302,8 @@ impl LayerFs {
     }
 
     fn check_access(&self, req: &Request, node: &Node, mask: AccessFlags) -> Result<()> {
-        let (st, path, is_dir) = {
-            let s = node.state();
-            (s.obj.stat, s.obj.path.clone(), s.obj.kind == FileKind::Dir)
-        };
+        let (st, path, is_dir) =
+            node.read(|s| (s.obj.stat, s.obj.path.clone(), s.obj.kind == FileKind::Dir));
         let want = mask.bits() & (libc::R_OK | libc::W_OK | libc::X_OK);
         if want & libc::W_OK != 0 && !self.stack.is_writable() {
             return Err(Error::errno(libc::EROFS, "access", &path));
@@ -338,7 +340,7 @@ impl LayerFs {
         op: &'static str,
     ) -> Result<(Arc<Node>, crate::union::Resolved)> {
         let node = self.node(ino, op)?;
-        let obj = node.state().obj.clone();
+        let obj = node.obj();
         Ok((node, obj))
     }
 }
@@ -600,7 +602,7 @@ impl Filesystem for LayerFs {
             return reply.error(Errno::ENOTDIR);
         };
         // Offsets: 1 after ".", 2 after "..", 3 after the first child...
-        let parent = node.state().parent;
+        let parent = node.read(|s| s.parent);
         let dots = [(node.ino, "."), (parent, "..")]
             .map(|(ino, name)| (ino, FileType::Directory, OsStr::new(name)));
         let children = listing

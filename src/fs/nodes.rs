@@ -1,9 +1,15 @@
 //! The inode table: every object the kernel holds a reference to, keyed by
 //! its union inode number, with the kernel's lookup count.
+//!
+//! Lock order: the mount's write lock, then a directory's listing (two
+//! listings only under the write lock, source first), then a node's state;
+//! a table shard before the state of a node in it. A node's state is a leaf:
+//! it is only reached through [`Node::read`] and [`Node::update`], whose
+//! closures take no other lock.
 
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -58,8 +64,17 @@ impl Node {
         }
     }
 
-    pub fn state(&self) -> RwLockReadGuard<'_, NodeState> {
-        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    /// Look at the state. The guard lives only inside `f`, which must not
+    /// take any other lock: std's RwLock queues new readers behind a
+    /// waiting writer, so a second read of a node already read (the same
+    /// directory on both sides of a rename) would deadlock.
+    pub fn read<T>(&self, f: impl FnOnce(&NodeState) -> T) -> T {
+        f(&self.state.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Where the node is now (a copy: the node may move meanwhile).
+    pub fn obj(&self) -> Resolved {
+        self.read(|s| s.obj.clone())
     }
 
     pub fn update(&self, f: impl FnOnce(&mut NodeState)) {
@@ -68,7 +83,7 @@ impl Node {
     }
 
     pub fn is_dir(&self) -> bool {
-        self.state().obj.kind == FileKind::Dir
+        self.read(|s| s.obj.kind == FileKind::Dir)
     }
 
     /// The merged listing of this directory (ENOTDIR for anything else).
@@ -81,13 +96,9 @@ impl Node {
         if let Some(l) = slot {
             return Ok(l.clone());
         }
-        let state = self.state();
-        let dir = state
-            .obj
-            .dir
-            .as_ref()
-            .ok_or_else(|| Error::errno(libc::ENOTDIR, "readdir", &state.obj.path))?;
-        let listing = Arc::new(stack.read_dir(dir)?);
+        let (dir, path) = self.read(|s| (s.obj.dir.clone(), s.obj.path.clone()));
+        let dir = dir.ok_or_else(|| Error::errno(libc::ENOTDIR, "readdir", &path))?;
+        let listing = Arc::new(stack.read_dir(&dir)?);
         *slot = Some(listing.clone());
         Ok(listing)
     }
@@ -181,10 +192,7 @@ impl NodeTable {
         match self.nodes.entry(obj.ino) {
             Entry::Occupied(o) => {
                 let node = o.get();
-                let same = {
-                    let s = node.state();
-                    s.obj.kind == obj.kind && s.obj.stat.ino == obj.stat.ino
-                };
+                let same = node.read(|s| s.obj.kind == obj.kind && s.obj.stat.ino == obj.stat.ino);
                 if !same {
                     // A reused inode number: the old object is gone.
                     drop(o);
@@ -196,7 +204,7 @@ impl NodeTable {
                 // kernel copies up the name used (such names get no entry
                 // cache, so every path walk looks them up). The name it
                 // knew stays an alias while it is there.
-                let known = node.state().obj.clone();
+                let known = node.obj();
                 if known.upath != obj.upath {
                     let keep_known = still_there(stack, &known);
                     node.update(|s| {
@@ -231,7 +239,7 @@ impl NodeTable {
         match self.nodes.entry(obj.ino) {
             Entry::Occupied(mut o) => {
                 let old = o.get();
-                let generation = old.state().generation + 1;
+                let generation = old.read(|s| s.generation) + 1;
                 let lookups = old.lookups.load(Ordering::Relaxed) + 1;
                 let node = counted_node(parent, name, obj, generation, lookups);
                 o.insert(node.clone());

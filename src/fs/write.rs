@@ -25,17 +25,18 @@ impl LayerFs {
         if self.stack.is_writable() {
             Ok(())
         } else {
-            Err(Error::errno(libc::EROFS, op, &node.state().obj.path))
+            Err(Error::errno(
+                libc::EROFS,
+                op,
+                node.read(|s| s.obj.path.clone()),
+            ))
         }
     }
 
     /// Copy `node` and every directory above it into the upper layer.
     /// Callers hold the write lock.
     pub(super) fn ensure_upper(&self, node: &Arc<Node>) -> Result<()> {
-        let (layer, parent_ino, obj) = {
-            let s = node.state();
-            (s.obj.layer, s.parent, s.obj.clone())
-        };
+        let (layer, parent_ino, obj) = node.read(|s| (s.obj.layer, s.parent, s.obj.clone()));
         if layer == 0 {
             return Ok(());
         }
@@ -84,7 +85,7 @@ impl LayerFs {
             return Err(Error::errno(libc::EEXIST, "create", name.to_string_lossy()));
         }
         self.ensure_upper(&dir)?;
-        let parent_obj = dir.state().obj.clone();
+        let parent_obj = dir.obj();
         let kind = match &obj {
             NewObject::File => FileKind::Regular,
             NewObject::Dir => FileKind::Dir,
@@ -105,14 +106,14 @@ impl LayerFs {
         self.writable(op, &dir)?;
         let _w = self.lock_writes();
         // Refuse before copying anything up.
-        let parent_obj = dir.state().obj.clone();
+        let parent_obj = dir.obj();
         let listing = dir.listing(&self.stack)?;
         let child = self
             .stack
             .check_remove(&parent_obj, &listing, name, want_dir)?;
         let gone = child.ino;
         self.ensure_upper(&dir)?;
-        let parent_obj = dir.state().obj.clone();
+        let parent_obj = dir.obj();
         dir.edit_listing(&self.stack, |l| self.stack.remove(&parent_obj, l, child))?;
         self.name_removed(gone, &parent_obj, name);
         Ok(())
@@ -174,7 +175,7 @@ impl LayerFs {
         self.writable("rename", &src_dir)?;
         let _w = self.lock_writes();
         // Refuse before copying anything up, as the kernel does.
-        let (sp, dp) = (src_dir.state().obj.clone(), dst_dir.state().obj.clone());
+        let (sp, dp) = (src_dir.obj(), dst_dir.obj());
         let src_listing = src_dir.listing(&self.stack)?;
         let dst_listing = dst_dir.listing(&self.stack)?;
         let distinct = src_dir.ino != dst_dir.ino;
@@ -207,7 +208,7 @@ impl LayerFs {
         {
             self.ensure_name_upper(&dst_dir, newname, t)?;
         }
-        let (sp, dp) = (src_dir.state().obj.clone(), dst_dir.state().obj.clone());
+        let (sp, dp) = (src_dir.obj(), dst_dir.obj());
         if src_dir.ino == dst_dir.ino {
             src_dir.edit_listing(&self.stack, |l| {
                 self.stack.rename(&sp, l, name, &dp, None, newname, flags)
@@ -254,7 +255,7 @@ impl LayerFs {
         if child.layer == 0 {
             return Ok(());
         }
-        let merged = dir.state().obj.dir.clone();
+        let merged = dir.read(|s| s.obj.dir.clone());
         let merged =
             merged.ok_or_else(|| Error::errno(libc::ENOTDIR, "copy up", name.to_string_lossy()))?;
         let obj = self.stack.resolve(&merged, &child)?;
@@ -283,7 +284,7 @@ impl LayerFs {
         if let Some(n) = self.nodes.get(child.ino) {
             return Ok(Some(n));
         }
-        let merged = dir.state().obj.dir.clone();
+        let merged = dir.read(|s| s.obj.dir.clone());
         let merged =
             merged.ok_or_else(|| Error::errno(libc::ENOTDIR, "rename", name.to_string_lossy()))?;
         let obj = self.stack.resolve(&merged, child)?;
@@ -307,7 +308,7 @@ impl LayerFs {
             let Ok(new_path) = parent.upath.join(name) else {
                 continue;
             };
-            if node.state().obj.upath != *old_path {
+            if node.read(|s| s.obj.upath != *old_path) {
                 // Another name of a hard-linked file moved.
                 node.update(|s| {
                     for alias in s.aliases.iter_mut().filter(|a| a.2 == *old_path) {
@@ -344,13 +345,17 @@ impl LayerFs {
         let dir = self.node(newparent, "link")?;
         self.writable("link", &dir)?;
         if node.is_dir() {
-            return Err(Error::errno(libc::EPERM, "link", &node.state().obj.path));
+            return Err(Error::errno(
+                libc::EPERM,
+                "link",
+                node.read(|s| s.obj.path.clone()),
+            ));
         }
         let _w = self.lock_writes();
         self.ensure_upper(&dir)?;
         self.ensure_upper(&node)?;
-        let obj = node.state().obj.clone();
-        let parent_obj = dir.state().obj.clone();
+        let obj = node.obj();
+        let parent_obj = dir.obj();
         let stat = dir.edit_listing(&self.stack, |l| {
             self.stack.link(&obj, &parent_obj, l, newname)
         })?;
@@ -378,7 +383,7 @@ impl LayerFs {
             let _w = self.lock_writes();
             self.ensure_upper(&node)?;
         }
-        let obj = node.state().obj.clone();
+        let obj = node.obj();
         // Truncating an open file goes through its handle: the path may be
         // unlinked already.
         let mut change = change.clone();
@@ -477,7 +482,7 @@ impl LayerFs {
         let node = self.node(ino, op)?;
         self.writable(op, &node)?;
         let _w = self.lock_writes();
-        let obj = node.state().obj.clone();
+        let obj = node.obj();
         if value.is_none() && obj.layer != 0 {
             // Nothing to remove means nothing to copy up (ENODATA).
             let layer = self.stack.layer(obj.layer);
@@ -486,7 +491,7 @@ impl LayerFs {
                 .map_err(|e| Error::io(e, op, crate::union::layer_display(layer, &obj.path)))?;
         }
         self.ensure_upper(&node)?;
-        let obj = node.state().obj.clone();
+        let obj = node.obj();
         self.stack.write_xattr(&obj, key, value, flags)
     }
 }
@@ -514,7 +519,7 @@ impl LayerFs {
     /// The handle `create` returns with its entry.
     pub(super) fn open_created(&self, ino: INodeNo, flags: i32) -> Result<u64> {
         let node = self.node(ino, "create")?;
-        let obj = node.state().obj.clone();
+        let obj = node.obj();
         let access = flags & libc::O_ACCMODE;
         let layer = self.stack.layer(obj.layer);
         let fd = layer
