@@ -651,7 +651,14 @@ impl LayerStack {
                 return Err(err(io::Error::last_os_error()));
             }
         }
-        if change.uid.is_some() || change.gid.is_some() {
+        // A setattr that changes nothing (chown(path, -1, -1)) still
+        // touches ctime, as it does on the kernel's overlayfs and ext4:
+        // chown with -1, -1 is how to ask the upper filesystem for that.
+        let nothing = change.mode.is_none()
+            && change.size.is_none()
+            && change.atime.is_none()
+            && change.mtime.is_none();
+        if change.uid.is_some() || change.gid.is_some() || nothing {
             let uid = change.uid.unwrap_or(u32::MAX);
             let gid = change.gid.unwrap_or(u32::MAX);
             // SAFETY: valid fd and C string; -1 leaves an id unchanged.
