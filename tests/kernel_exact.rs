@@ -15,6 +15,7 @@ mod common;
 
 use std::ffi::CString;
 use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -145,5 +146,342 @@ fn chown_minus_one_touches_ctime() {
     assert_eq!(
         ours, kernel,
         "ctime changed after chown -1:-1 (layerfs vs kernel)"
+    );
+}
+
+// ---- deep paths --------------------------------------------------------
+
+/// One path component of the deep trees (200 bytes, so 21 of them make a
+/// path longer than PATH_MAX).
+fn long_name(c: u8) -> Vec<u8> {
+    vec![c; 200]
+}
+
+/// Levels of the deep trees: 45 x 201 bytes, over two PATH_MAX.
+const DEPTH: usize = 45;
+
+fn cname(name: &[u8]) -> CString {
+    CString::new(name).expect("no NUL in a test name")
+}
+
+fn last_err(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`.
+fn openat(dir: &OwnedFd, name: &[u8], flags: i32, mode: u32) -> Result<OwnedFd, String> {
+    let c = cname(name);
+    let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: valid fd and C string.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags, mode) };
+    if fd < 0 {
+        return Err(last_err("openat"));
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn open_dir(dir: &OwnedFd, name: &[u8]) -> Result<OwnedFd, String> {
+    openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+}
+
+fn open_root(p: &Path) -> OwnedFd {
+    let f = fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+    OwnedFd::from(f)
+}
+
+/// Runs a libc call that returns -1 on failure; Ok or the errno's text.
+fn ok(what: &str, rc: libc::c_int) -> Result<(), String> {
+    if rc < 0 { Err(last_err(what)) } else { Ok(()) }
+}
+
+fn mkdirat(dir: &OwnedFd, name: &[u8], mode: u32) -> Result<(), String> {
+    let c = cname(name);
+    // SAFETY: valid fd and C string.
+    ok("mkdirat", unsafe {
+        libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode)
+    })
+}
+
+fn write_file(dir: &OwnedFd, name: &[u8], data: &[u8]) -> Result<(), String> {
+    let fd = openat(
+        dir,
+        name,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+        0o644,
+    )?;
+    let mut f = fs::File::from(fd);
+    std::io::Write::write_all(&mut f, data).map_err(|e| format!("write: {e}"))
+}
+
+fn read_file(dir: &OwnedFd, name: &[u8]) -> Result<Vec<u8>, String> {
+    let fd = openat(dir, name, libc::O_RDONLY, 0)?;
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut fs::File::from(fd), &mut out)
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(out)
+}
+
+/// Builds DEPTH levels of `long_name(c)` below `root`, a file `f` at every
+/// level, and returns the bottom directory.
+fn build_deep(root: &OwnedFd, c: u8) -> Result<OwnedFd, String> {
+    let name = long_name(c);
+    let mut dir = root.try_clone().map_err(|e| e.to_string())?;
+    for level in 0..DEPTH {
+        mkdirat(&dir, &name, 0o755).map_err(|e| format!("level {level}: {e}"))?;
+        dir = open_dir(&dir, &name).map_err(|e| format!("level {level}: {e}"))?;
+        write_file(&dir, b"f", format!("level {level}\n").as_bytes())
+            .map_err(|e| format!("level {level}: {e}"))?;
+    }
+    Ok(dir)
+}
+
+/// Opens the bottom of a deep tree, one level at a time.
+fn descend(root: &OwnedFd, c: u8) -> Result<OwnedFd, String> {
+    let name = long_name(c);
+    let mut dir = root.try_clone().map_err(|e| e.to_string())?;
+    for level in 0..DEPTH {
+        dir = open_dir(&dir, &name).map_err(|e| format!("level {level}: {e}"))?;
+    }
+    Ok(dir)
+}
+
+/// Every call made at the bottom of a deep tree, with its outcome.
+fn work_at_bottom(bottom: &OwnedFd, log: &mut Vec<String>) {
+    let fd = bottom.as_raw_fd();
+    let mut note = |what: &str, r: Result<String, String>| {
+        log.push(format!(
+            "{what}: {}",
+            r.unwrap_or_else(|e| format!("ERR {e}"))
+        ));
+    };
+    note(
+        "read f",
+        read_file(bottom, b"f").map(|d| String::from_utf8_lossy(&d).into_owned()),
+    );
+    note(
+        "write f",
+        write_file(bottom, b"f", b"rewritten\n").map(|()| "ok".into()),
+    );
+    note(
+        "create g",
+        write_file(bottom, b"g", b"new file\n").map(|()| "ok".into()),
+    );
+    note(
+        "read g",
+        read_file(bottom, b"g").map(|d| String::from_utf8_lossy(&d).into_owned()),
+    );
+    // SAFETY (all below): valid fd and C strings.
+    note(
+        "chmod g",
+        ok("fchmodat", unsafe {
+            libc::fchmodat(fd, c"g".as_ptr(), 0o600, 0)
+        })
+        .map(|()| "ok".into()),
+    );
+    note(
+        "chown f",
+        ok("fchownat", unsafe {
+            libc::fchownat(fd, c"f".as_ptr(), 12, 34, libc::AT_SYMLINK_NOFOLLOW)
+        })
+        .map(|()| "ok".into()),
+    );
+    note(
+        "truncate g",
+        openat(bottom, b"g", libc::O_WRONLY, 0).and_then(|f| {
+            ok("ftruncate", unsafe { libc::ftruncate(f.as_raw_fd(), 3) }).map(|()| "ok".into())
+        }),
+    );
+    note(
+        "truncate f (O_TRUNC)",
+        openat(bottom, b"f", libc::O_WRONLY | libc::O_TRUNC, 0).map(|_| "ok".into()),
+    );
+    note(
+        "link g h",
+        ok("linkat", unsafe {
+            libc::linkat(fd, c"g".as_ptr(), fd, c"h".as_ptr(), 0)
+        })
+        .map(|()| "ok".into()),
+    );
+    note(
+        "unlink g",
+        ok("unlinkat", unsafe { libc::unlinkat(fd, c"g".as_ptr(), 0) }).map(|()| "ok".into()),
+    );
+    note(
+        "mkdir sub",
+        mkdirat(bottom, b"sub", 0o700).map(|()| "ok".into()),
+    );
+    note(
+        "rmdir sub",
+        ok("unlinkat", unsafe {
+            libc::unlinkat(fd, c"sub".as_ptr(), libc::AT_REMOVEDIR)
+        })
+        .map(|()| "ok".into()),
+    );
+    note(
+        "mkdir keep",
+        mkdirat(bottom, b"keep", 0o750).map(|()| "ok".into()),
+    );
+    note(
+        "mkfifo p",
+        ok("mkfifoat", unsafe {
+            libc::mkfifoat(fd, c"p".as_ptr(), 0o640)
+        })
+        .map(|()| "ok".into()),
+    );
+    note(
+        "symlink s",
+        ok("symlinkat", unsafe {
+            libc::symlinkat(c"target".as_ptr(), fd, c"s".as_ptr())
+        })
+        .map(|()| "ok".into()),
+    );
+    note(
+        "rename s t",
+        ok("renameat", unsafe {
+            libc::renameat(fd, c"s".as_ptr(), fd, c"t".as_ptr())
+        })
+        .map(|()| "ok".into()),
+    );
+}
+
+/// What a walk by fds sees below `dir`: one line per object (depth, name
+/// shortened, type, mode, owner, size, content or link target).
+fn deep_listing(dir: &OwnedFd, depth: usize, out: &mut Vec<String>) {
+    let dup = dir.try_clone().expect("dup dir fd");
+    let mut d = nix::dir::Dir::from_fd(dup).expect("fdopendir");
+    let mut names: Vec<Vec<u8>> = d
+        .iter()
+        .map(|e| e.expect("readdir").file_name().to_bytes().to_vec())
+        .filter(|n| n != b"." && n != b"..")
+        .collect();
+    names.sort();
+    for name in names {
+        let c = cname(&name);
+        // SAFETY: zeroed stat is valid; valid fd and C string.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::fstatat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        let shown = if name.len() > 20 {
+            format!("{}x{}", name[0] as char, name.len())
+        } else {
+            String::from_utf8_lossy(&name).into_owned()
+        };
+        if rc < 0 {
+            out.push(format!("{depth} {shown} {}", last_err("lstat")));
+            continue;
+        }
+        let kind = st.st_mode & libc::S_IFMT;
+        let what = match kind {
+            libc::S_IFREG => format!("{:?}", read_file(dir, &name).map(String::from_utf8)),
+            libc::S_IFLNK => {
+                let mut buf = [0u8; 256];
+                // SAFETY: valid fd, C string and buffer.
+                let n = unsafe {
+                    libc::readlinkat(dir.as_raw_fd(), c.as_ptr(), buf.as_mut_ptr().cast(), 256)
+                };
+                String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned()
+            }
+            _ => String::new(),
+        };
+        let size = if kind == libc::S_IFDIR { 0 } else { st.st_size };
+        out.push(format!(
+            "{depth} {shown} {:o} {}:{} n{} size {size} {what}",
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+            if kind == libc::S_IFDIR {
+                0
+            } else {
+                st.st_nlink
+            }
+        ));
+        if kind == libc::S_IFDIR {
+            let sub = open_dir(dir, &name).expect("open a listed directory");
+            deep_listing(&sub, depth + 1, out);
+        }
+    }
+}
+
+/// The deep work, through the mount at `m`; everything it saw.
+fn deep_run(m: &Path) -> Vec<String> {
+    let root = open_root(m);
+    let mut log = Vec::new();
+    // A tree made through the mount.
+    match build_deep(&root, b'n') {
+        Ok(bottom) => {
+            log.push("built n".into());
+            work_at_bottom(&bottom, &mut log);
+            // The fd opened before the changes lists them (rewinddir).
+            let mut seen = Vec::new();
+            deep_listing(&bottom, 0, &mut seen);
+            log.extend(
+                seen.into_iter()
+                    .map(|l| format!("bottom of n (old fd): {l}")),
+            );
+        }
+        Err(e) => log.push(format!("build n: ERR {e}")),
+    }
+    // The tree in the lower layer: copy-ups far down.
+    match descend(&root, b'l') {
+        Ok(bottom) => work_at_bottom(&bottom, &mut log),
+        Err(e) => log.push(format!("descend l: ERR {e}")),
+    }
+    deep_listing(&root, 0, &mut log);
+    // rm -rf through the mount (it walks by fds).
+    for c in [b'n', b'l'] {
+        let top = m.join(std::ffi::OsStr::from_bytes(&long_name(c)));
+        let out = std::process::Command::new("rm")
+            .arg("-rf")
+            .arg(&top)
+            .output()
+            .expect("running rm");
+        log.push(format!(
+            "rm -rf {}: {} {}",
+            c as char,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .chars()
+                .take(200)
+                .collect::<String>()
+        ));
+    }
+    let mut after = Vec::new();
+    deep_listing(&open_root(m), 0, &mut after);
+    log.extend(after.into_iter().map(|l| format!("after rm: {l}")));
+    log
+}
+
+#[test]
+fn deep_paths() {
+    let fill = |l: &Path| {
+        let root = open_root(l);
+        let bottom = build_deep(&root, b'l').expect("building the deep lower tree");
+        write_file(&bottom, b"g", b"lower g\n").expect("lower g");
+    };
+    let (kernel, ours) = both("layerfs-deep-", fill, deep_run);
+    assert!(
+        kernel.iter().all(|l| !l.contains("ERR")) && kernel.iter().any(|l| l.contains("lx200")),
+        "the kernel is the reference:\n{}",
+        kernel.join("\n")
+    );
+    let diff: Vec<String> = kernel
+        .iter()
+        .zip(ours.iter())
+        .filter(|(k, o)| k != o)
+        .map(|(k, o)| format!("kernel:  {k}\nlayerfs: {o}"))
+        .collect();
+    assert!(
+        diff.is_empty() && kernel.len() == ours.len(),
+        "layerfs differs from the kernel ({} vs {} lines):\n{}",
+        kernel.len(),
+        ours.len(),
+        diff.join("\n")
     );
 }

@@ -595,6 +595,21 @@ impl Filesystem for LayerFs {
             Ok(n) => n,
             Err(e) => return reply.error(errno_of(&e)),
         };
+        if offset == 0 {
+            // A read from the start (rewinddir, or the kernel refilling its
+            // cache after the directory changed) sees the directory as it
+            // is now; an older copy would be cached under the new version.
+            match node.listing(&self.stack) {
+                Ok(now) => {
+                    if let Some(mut h) = self.handles.get_mut(&fh.0)
+                        && let Handle::Dir(listing) = &mut *h
+                    {
+                        *listing = now;
+                    }
+                }
+                Err(e) => return reply.error(errno_of(&e)),
+            }
+        }
         let Some(handle) = self.handles.get(&fh.0) else {
             return reply.error(Errno::EBADF);
         };

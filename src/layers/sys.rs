@@ -3,7 +3,7 @@
 
 use std::ffi::{CStr, CString, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
@@ -84,9 +84,47 @@ pub fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The longest path one openat2 call resolves (PATH_MAX less the NUL),
+/// rounded down to leave room: longer paths are walked in chunks.
+const CHUNK_MAX: usize = 4000;
+
 /// openat2 with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS: no component may be
-/// a symlink and nothing may resolve outside `dir`.
+/// a symlink and nothing may resolve outside `dir`. A path longer than one
+/// call takes (PATH_MAX) is walked in chunks, each opened relative to the
+/// directory the one before it reached, so a layer has no depth limit
+/// (the kernel's overlayfs has none). Paths never hold `..`, so every
+/// chunk beneath its directory is beneath `dir` too.
 pub fn openat_beneath(dir: BorrowedFd<'_>, path: &CStr, flags: i32) -> io::Result<OwnedFd> {
+    let bytes = path.to_bytes();
+    if bytes.len() <= CHUNK_MAX {
+        return openat2_beneath(dir, path, flags);
+    }
+    let mut base: Option<OwnedFd> = None;
+    let mut rest = bytes;
+    while rest.len() > CHUNK_MAX {
+        // The last `/` that leaves a head no longer than a chunk; a single
+        // component is at most NAME_MAX, so one is always there.
+        let cut = rest[..=CHUNK_MAX]
+            .iter()
+            .rposition(|&b| b == b'/')
+            .filter(|&i| i > 0)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+        let head =
+            CString::new(&rest[..cut]).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let at = base.as_ref().map_or(dir, |b| b.as_fd());
+        base = Some(openat2_beneath(
+            at,
+            &head,
+            libc::O_PATH | libc::O_DIRECTORY,
+        )?);
+        rest = &rest[cut + 1..];
+    }
+    let tail = CString::new(rest).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let at = base.as_ref().map_or(dir, |b| b.as_fd());
+    openat2_beneath(at, &tail, flags)
+}
+
+fn openat2_beneath(dir: BorrowedFd<'_>, path: &CStr, flags: i32) -> io::Result<OwnedFd> {
     // SAFETY: open_how is plain old data; all-zero is a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
