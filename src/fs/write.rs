@@ -396,6 +396,18 @@ impl LayerFs {
                 .set_len(size)
                 .map_err(|e| Error::io(e, "truncate", &obj.path))?;
             change.size = None;
+            if change.mode.is_none()
+                && change.uid.is_none()
+                && change.gid.is_none()
+                && change.atime.is_none()
+                && change.mtime.is_none()
+            {
+                // ftruncate alone: done, and no empty setattr (which would
+                // touch ctime with a chown that clears setuid bits).
+                let stat = self.stack.restat(&obj)?;
+                node.update(|s| s.obj.stat = stat);
+                return Ok(self.attr(&node));
+            }
         }
         let stat = self.stack.set_attr(&obj, &change)?;
         node.update(|s| s.obj.stat = stat);
