@@ -485,3 +485,221 @@ fn deep_paths() {
         diff.join("\n")
     );
 }
+
+// ---- redirects in lower layers -------------------------------------------
+
+/// Who writes an upper layer, or reads a stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Kernel,
+    Layerfs,
+}
+
+fn mkdirs(p: &Path) {
+    fs::create_dir_all(p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+}
+
+fn put(p: &Path, data: &str) {
+    mkdirs(p.parent().expect("a parent"));
+    fs::write(p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+}
+
+fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+    common::sys::lsetxattr(p, name.as_bytes(), value)
+        .unwrap_or_else(|e| panic!("setxattr {} {name}: {e}", p.display()));
+}
+
+fn rename(m: &Path, from: &str, to: &str) {
+    fs::rename(m.join(from), m.join(to)).unwrap_or_else(|e| panic!("mv {from} {to}: {e}"));
+}
+
+/// Writes a new upper over `lowers` (top first) with `side`, running
+/// `change` through the mount; returns the upper.
+fn write_upper(
+    side: Side,
+    root: &Path,
+    name: &str,
+    lowers: &[PathBuf],
+    change: impl Fn(&Path),
+) -> PathBuf {
+    let (upper, work) = (root.join(name), root.join(format!("{name}.work")));
+    mkdirs(&upper);
+    mkdirs(&work);
+    let uw = format!(
+        "upperdir={},workdir={}",
+        escape_opt_path(&upper),
+        escape_opt_path(&work)
+    );
+    match side {
+        Side::Kernel => {
+            let m = KernelOverlay::mount(lowers, &format!("{uw},redirect_dir=on,index=on"));
+            change(m.path());
+        }
+        Side::Layerfs => {
+            let m = LayerfsMount::mount(lowers, &uw);
+            change(m.path());
+            let exit = m.unmount();
+            assert!(
+                exit.status.is_some_and(|s| s.success()),
+                "daemon: {:?}\n{}",
+                exit.status,
+                exit.log
+            );
+        }
+    }
+    upper
+}
+
+/// The merged tree of `layers` (top first), read-only, as `side` shows it.
+fn read_stack(side: Side, layers: &[PathBuf]) -> common::Tree {
+    match side {
+        Side::Kernel => {
+            let m = KernelOverlay::mount(layers, "redirect_dir=on");
+            let mut t = common::snapshot(m.path());
+            t.drop_listed_but_absent();
+            t
+        }
+        Side::Layerfs => {
+            let m = LayerfsMount::mount(layers, "");
+            common::snapshot(m.path())
+        }
+    }
+}
+
+fn assert_same_tree(what: &str, expected: &common::Tree, actual: &common::Tree) {
+    let opts = common::DiffOptions {
+        dir_sizes: false,
+        ..common::DiffOptions::default()
+    };
+    let problems = common::diff_with(expected, actual, &opts);
+    assert!(
+        problems.is_empty(),
+        "{what}: {} difference(s):\n  {}",
+        problems.len(),
+        problems.join("\n  ")
+    );
+}
+
+fn names(t: &common::Tree) -> Vec<String> {
+    t.entries
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect()
+}
+
+/// The bottom layer: directories to move, and an opaque one.
+fn fill_bottom(l0: &Path) {
+    put(&l0.join("a/dir/f"), "f\n");
+    put(&l0.join("a/dir/sub/g"), "g\n");
+    put(&l0.join("o/in/from-l0"), "l0\n");
+    put(&l0.join("keep/k"), "k\n");
+}
+
+/// A layer above it, made by hand: `o` opaque there, hiding L0's `o/in`.
+fn fill_opaque(l1: &Path) {
+    put(&l1.join("o/in/from-l1"), "l1\n");
+    set_xattr(&l1.join("o"), "trusted.overlay.opaque", b"y");
+}
+
+#[test]
+fn redirects_in_lower_layers() {
+    common::require_root();
+    for writer in [Side::Kernel, Side::Layerfs] {
+        let tmp = common::tempdir("layerfs-redirect-");
+        let root = tmp.path().canonicalize().expect("canonical temp dir");
+        let (l0, l1) = (root.join("l0"), root.join("l1"));
+        fill_bottom(&l0);
+        fill_opaque(&l1);
+        let base = vec![l1.clone(), l0.clone()];
+        // First mount: a relative redirect (same parent), an absolute one
+        // (another parent, below a renamed directory), and one into the
+        // opaque directory of L1.
+        let u1 = write_upper(writer, &root, "u1", &base, |m| {
+            rename(m, "a/dir", "a/x");
+            mkdirs(&m.join("b"));
+            rename(m, "a/x/sub", "b/moved");
+            rename(m, "o/in", "top-in");
+        });
+        let mut stack = vec![u1.clone()];
+        stack.extend(base.iter().cloned());
+        let kernel = read_stack(Side::Kernel, &stack);
+        let shown = names(&kernel);
+        for want in ["a/x/f", "b/moved/g", "top-in/from-l1"] {
+            assert!(
+                shown.iter().any(|n| n == want),
+                "{writer:?} wrote u1; the kernel shows no {want}: {shown:?}"
+            );
+        }
+        assert!(
+            !shown.iter().any(|n| n == "top-in/from-l0"),
+            "the opaque o of l1 hides l0's o/in: {shown:?}"
+        );
+        let ours = read_stack(Side::Layerfs, &stack);
+        assert_same_tree(&format!("u1 by {writer:?} as a lower"), &kernel, &ours);
+        // Second mount on that stack: move the redirected directories on
+        // (a chain of redirects through u1), then stack both uppers.
+        let u2 = write_upper(writer, &root, "u2", &stack, |m| {
+            rename(m, "a/x", "c");
+            rename(m, "b/moved", "c/again");
+            rename(m, "top-in", "keep/in");
+            fs::write(m.join("c/f"), "changed\n").expect("write c/f");
+        });
+        let mut stack2 = vec![u2];
+        stack2.extend(stack.iter().cloned());
+        let kernel = read_stack(Side::Kernel, &stack2);
+        let shown = names(&kernel);
+        for want in ["c/f", "c/again/g", "keep/in/from-l1"] {
+            assert!(
+                shown.iter().any(|n| n == want),
+                "{writer:?} wrote u2; the kernel shows no {want}: {shown:?}"
+            );
+        }
+        let ours = read_stack(Side::Layerfs, &stack2);
+        assert_same_tree(&format!("u2 by {writer:?} over u1"), &kernel, &ours);
+    }
+}
+
+#[test]
+fn hand_made_redirects_in_lower_layers() {
+    common::require_root();
+    let tmp = common::tempdir("layerfs-redirect-hand-");
+    let root = tmp.path().canonicalize().expect("canonical temp dir");
+    let (l0, l1, l2) = (root.join("l0"), root.join("l1"), root.join("l2"));
+    // A chain of relative redirects: c/one -> two (l1) -> three (l0).
+    put(&l0.join("c/three/f0"), "0\n");
+    put(&l1.join("c/two/f1"), "1\n");
+    put(&l2.join("c/one/f2"), "2\n");
+    set_xattr(&l2.join("c/one"), "trusted.overlay.redirect", b"two");
+    set_xattr(&l1.join("c/two"), "trusted.overlay.redirect", b"three");
+    // An absolute redirect whose walk meets another on the way: y -> /z/sub
+    // (l2); l1's z -> /abs, so l0 is asked for abs/sub.
+    put(&l2.join("y/fy"), "y\n");
+    set_xattr(&l2.join("y"), "trusted.overlay.redirect", b"/z/sub");
+    mkdirs(&l1.join("z"));
+    set_xattr(&l1.join("z"), "trusted.overlay.redirect", b"/abs");
+    put(&l0.join("abs/sub/deep"), "deep\n");
+    // An absolute redirect into an opaque directory: l1's o hides l0's.
+    put(&l2.join("p/fp"), "p\n");
+    set_xattr(&l2.join("p"), "trusted.overlay.redirect", b"/o/in");
+    put(&l1.join("o/in/from-l1"), "l1\n");
+    set_xattr(&l1.join("o"), "trusted.overlay.opaque", b"y");
+    put(&l0.join("o/in/from-l0"), "l0\n");
+    // An opaque directory's redirect is not followed.
+    put(&l2.join("q/fq"), "q\n");
+    set_xattr(&l2.join("q"), "trusted.overlay.redirect", b"/abs");
+    set_xattr(&l2.join("q"), "trusted.overlay.opaque", b"y");
+    let stack = vec![l2, l1, l0];
+    let kernel = read_stack(Side::Kernel, &stack);
+    let shown = names(&kernel);
+    for want in ["c/one/f0", "c/one/f1", "c/one/f2", "y/sub", "p/from-l1"] {
+        let found = shown.iter().any(|n| n == want);
+        // y/sub: the walk finds abs/sub in l0, whose content shows in y.
+        let want_found = want != "y/sub";
+        assert_eq!(found, want_found, "kernel, {want}: {shown:?}");
+    }
+    assert!(shown.iter().any(|n| n == "y/deep"), "kernel: {shown:?}");
+    assert!(!shown.iter().any(|n| n == "p/from-l0"), "kernel: {shown:?}");
+    assert!(!shown.iter().any(|n| n == "q/sub"), "kernel: {shown:?}");
+    let ours = read_stack(Side::Layerfs, &stack);
+    assert_same_tree("hand-made redirects", &kernel, &ours);
+}

@@ -128,10 +128,13 @@ impl std::fmt::Display for RelPath {
 }
 
 /// What a path names in one layer, for walking down the lower layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DirLookup {
+    /// A directory; an opaque one's redirect is not read (the kernel
+    /// ignores it too).
     Dir {
         opaque: bool,
+        redirect: Option<Vec<u8>>,
     },
     /// A whiteout or a non-directory: layers below do not show through.
     Stop,
@@ -268,8 +271,8 @@ impl Layer {
     }
 
     /// What a lookup of `rel` finds in this layer, for walking a path
-    /// down the lower layers (a redirect): `Dir { opaque }`, `Stop` for a
-    /// whiteout or a non-directory, or `Absent`.
+    /// down the layers: `Dir { opaque, redirect }`, `Stop` for a whiteout
+    /// or a non-directory, or `Absent`.
     pub fn lookup_dir(&self, rel: &RelPath) -> DirLookup {
         let (parent, name) = rel.split();
         let Ok(pfd) = self.open_beneath(&parent, libc::O_PATH | libc::O_DIRECTORY) else {
@@ -280,19 +283,27 @@ impl Layer {
         let (Ok(cname), Ok(wh)) = (CString::new(name.as_bytes()), CString::new(wh)) else {
             return DirLookup::Absent;
         };
-        if self.oci_names && sys::fstatat_nofollow(pfd.as_fd(), &wh).is_ok() {
-            return DirLookup::Stop;
-        }
+        // An OCI whiteout hides the name in the layers below only: an
+        // object of its own layer still shows, as if opaque.
+        let whited_out = self.oci_names && sys::fstatat_nofollow(pfd.as_fd(), &wh).is_ok();
         match sys::fstatat_nofollow(pfd.as_fd(), &cname) {
+            Err(_) if whited_out => DirLookup::Stop,
             Err(_) => DirLookup::Absent,
             Ok(st) if !st.is_dir() => DirLookup::Stop,
             Ok(_) => {
-                let opaque = self.open_dir(rel).is_ok_and(|fd| {
-                    let marker = CString::new(whiteout::OCI_OPAQUE_MARKER).unwrap_or_default();
-                    whiteout::dir_marks(fd.as_fd()).is_ok_and(|m| m.opaque)
-                        || (self.oci_names && sys::fstatat_nofollow(fd.as_fd(), &marker).is_ok())
-                });
-                DirLookup::Dir { opaque }
+                let Ok(fd) = self.open_dir(rel) else {
+                    return DirLookup::Absent;
+                };
+                let marker = CString::new(whiteout::OCI_OPAQUE_MARKER).unwrap_or_default();
+                let opaque = whited_out
+                    || whiteout::dir_marks(fd.as_fd()).is_ok_and(|m| m.opaque)
+                    || (self.oci_names && sys::fstatat_nofollow(fd.as_fd(), &marker).is_ok());
+                let redirect = if opaque {
+                    None
+                } else {
+                    whiteout::redirect(fd.as_fd()).ok().flatten()
+                };
+                DirLookup::Dir { opaque, redirect }
             }
         }
     }

@@ -4,6 +4,7 @@
 //! it can be tested without a mount.
 
 mod inos;
+mod lookup;
 mod write;
 
 use std::collections::HashMap;
@@ -34,27 +35,37 @@ pub struct LayerStack {
 }
 
 /// A directory as the union sees it: its path and the layers, top first,
-/// that hold a directory there which may show through (a non-directory or
-/// a whiteout in between ends the list; opaque markers are applied when
-/// the directory is read).
+/// that hold a directory there which shows through, each with where it
+/// is in that layer (a lookup found them as the kernel's does: see
+/// `lookup.rs`).
 #[derive(Debug, Clone)]
 pub struct MergedDir {
     /// Its path in the union, which is its path in the upper layer.
     pub path: RelPath,
-    /// Its path in the lower layers: different once a renamed directory
-    /// carries a redirect.
+    /// The name a lookup asks the first lower layer for: its union path
+    /// with the upper's redirects applied (those of lower layers are not).
+    /// What a redirect made now records, as the kernel's does.
     pub lower_path: RelPath,
-    pub layers: Vec<LayerIdx>,
+    /// Each layer, top first, with the directory's path in it. The upper's
+    /// entry is kept at `path` (see [`MergedDir::path_in`]).
+    pub layers: Vec<(LayerIdx, RelPath)>,
 }
 
 impl MergedDir {
-    /// Where this directory lives in `layer`.
+    /// Where this directory lives in `layer` (one of its layers).
     pub fn path_in(&self, layer: LayerIdx, has_upper: bool) -> &RelPath {
         if layer == 0 && has_upper {
-            &self.path
-        } else {
-            &self.lower_path
+            return &self.path;
         }
+        self.layers
+            .iter()
+            .find(|(l, _)| *l == layer)
+            .map_or(&self.lower_path, |(_, p)| p)
+    }
+
+    /// Whether `layer` is one of its layers.
+    pub fn has_layer(&self, layer: LayerIdx) -> bool {
+        self.layers.iter().any(|(l, _)| *l == layer)
     }
 }
 
@@ -67,8 +78,6 @@ pub struct Child {
     pub layer: LayerIdx,
     /// The union inode number (equal to the st_ino a lookup reports).
     pub ino: u64,
-    /// For a directory: every layer whose directory merges into it.
-    pub dir_layers: Vec<LayerIdx>,
     /// The name exists below the upper layer (as the first thing found
     /// there, not a whiteout): removing it from the upper needs a whiteout.
     pub lower: bool,
@@ -144,9 +153,8 @@ pub struct Resolved {
 
 /// How a name stands while layers are merged top-down.
 enum Slot {
-    /// Shown as `entries[index]`; `open` while lower directories may still
-    /// merge into it.
-    Shown { index: usize, open: bool },
+    /// Shown as `entries[index]`.
+    Shown { index: usize },
     /// Whited out above: nothing below may show.
     Hidden,
 }
@@ -229,8 +237,10 @@ impl LayerStack {
             stat,
             dir: Some(MergedDir {
                 path: path.clone(),
-                lower_path: path,
-                layers: (0..self.layers.len() as LayerIdx).collect(),
+                lower_path: path.clone(),
+                layers: (0..self.layers.len() as LayerIdx)
+                    .map(|l| (l, path.clone()))
+                    .collect(),
             }),
             index_key: None,
         })
@@ -245,7 +255,7 @@ impl LayerStack {
         let mut settled_below: std::collections::HashSet<OsString> = Default::default();
         let upper_idx = self.upper.as_ref().map(|_| 0);
         let mut lower_parts = 0;
-        for &layer_idx in &dir.layers {
+        for &(layer_idx, _) in &dir.layers {
             let below_upper = upper_idx.is_some() && layer_idx > 0;
             let layer = self.layer(layer_idx);
             let at = dir.path_in(layer_idx, upper_idx.is_some());
@@ -266,34 +276,20 @@ impl LayerStack {
                         *pos = true;
                     }
                 }
-                match slots.entry(entry.name.clone()) {
-                    Entry::Vacant(v) => {
-                        let is_dir = kind == FileKind::Dir;
-                        v.insert(Slot::Shown {
-                            index: listing.entries.len(),
-                            open: is_dir,
-                        });
-                        listing.entries.push(Child {
-                            name: entry.name.clone(),
-                            kind,
-                            layer: layer_idx,
-                            ino: self.child_ino(layer_idx, entry.ino),
-                            dir_layers: if is_dir { vec![layer_idx] } else { Vec::new() },
-                            lower: below_upper,
-                        });
-                    }
-                    Entry::Occupied(mut o) => {
-                        // A lower non-directory ends the merge.
-                        if let Slot::Shown { index, open } = o.get_mut()
-                            && *open
-                        {
-                            if kind == FileKind::Dir {
-                                listing.entries[*index].dir_layers.push(layer_idx);
-                            } else {
-                                *open = false;
-                            }
-                        }
-                    }
+                // The topmost object of a name is the one shown; which
+                // layers merge into a directory is a lookup's to find
+                // (redirects may rename it in the layers below).
+                if let Entry::Vacant(v) = slots.entry(entry.name.clone()) {
+                    v.insert(Slot::Shown {
+                        index: listing.entries.len(),
+                    });
+                    listing.entries.push(Child {
+                        name: entry.name.clone(),
+                        kind,
+                        layer: layer_idx,
+                        ino: self.child_ino(layer_idx, entry.ino),
+                        lower: below_upper,
+                    });
                 }
             }
             for entry in raw.entries.iter() {
@@ -305,16 +301,7 @@ impl LayerStack {
                 } else if below_upper {
                     settled_below.insert(entry.name.clone());
                 }
-                match slots.entry(entry.name.clone()) {
-                    Entry::Vacant(v) => {
-                        v.insert(Slot::Hidden);
-                    }
-                    Entry::Occupied(mut o) => {
-                        if let Slot::Shown { open, .. } = o.get_mut() {
-                            *open = false;
-                        }
-                    }
-                }
+                slots.entry(entry.name.clone()).or_insert(Slot::Hidden);
             }
             if layer_idx > 0 || upper_idx.is_none() {
                 lower_parts += 1;
@@ -444,95 +431,16 @@ impl LayerStack {
     /// if any, is not opaque. (`MergedDir::layers` leaves opaque marks to
     /// whoever reads the directory.)
     pub fn shows_lower(&self, dir: &MergedDir) -> bool {
-        if !dir.layers.iter().any(|&l| l > 0) {
+        if !dir.layers.iter().any(|&(l, _)| l > 0) {
             return false;
         }
-        let upper_first = self.upper.is_some() && dir.layers.first() == Some(&0);
+        let upper_first = self.upper.is_some() && dir.layers.first().is_some_and(|p| p.0 == 0);
         !(upper_first
             && !dir.path.is_root()
             && matches!(
                 self.layer(0).lookup_dir(&dir.path),
-                DirLookup::Dir { opaque: true }
+                DirLookup::Dir { opaque: true, .. }
             ))
-    }
-
-    /// The layers merging into the child directory `child` of `parent`: by
-    /// name, or where the upper directory's redirect points.
-    pub fn child_dir(
-        &self,
-        parent: &MergedDir,
-        child: &Child,
-        upath: &RelPath,
-    ) -> Result<MergedDir> {
-        let by_name = MergedDir {
-            path: upath.clone(),
-            lower_path: parent
-                .lower_path
-                .join(&child.name)
-                .map_err(|e| Error::io(e, "lookup", parent.lower_path.to_string()))?,
-            layers: child.dir_layers.clone(),
-        };
-        if child.layer != 0 || self.upper.is_none() {
-            return Ok(by_name);
-        }
-        let upper = self.layer(0);
-        let redirect = upper
-            .redirect(upath)
-            .map_err(|e| Error::io(e, "lookup", layer_display(upper, upath)))?;
-        let Some(target) = redirect else {
-            return Ok(by_name);
-        };
-        let lower_path = match target.strip_prefix(b"/") {
-            Some(abs) => RelPath::from_bytes(abs),
-            None => RelPath::from_bytes(&target).and_then(|_| {
-                parent
-                    .lower_path
-                    .join(std::os::unix::ffi::OsStrExt::from_bytes(&target))
-                    .ok()
-            }),
-        }
-        .ok_or_else(|| {
-            Error::new(
-                libc::EIO,
-                "lookup",
-                layer_display(upper, upath),
-                "bad redirect",
-            )
-        })?;
-        // Walk the path down the lower layers, one component at a time,
-        // as a lookup would: whiteouts, non-directories and opaque
-        // directories on the way decide which layers still show.
-        let mut layers: Vec<LayerIdx> = (1..self.layers.len() as LayerIdx).collect();
-        let mut prefix = RelPath::root();
-        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(lower_path.as_os_str()).to_vec();
-        for comp in bytes
-            .split(|&b| b == b'/')
-            .filter(|c| !c.is_empty() && *c != b".")
-        {
-            prefix = prefix
-                .join(std::os::unix::ffi::OsStrExt::from_bytes(comp))
-                .map_err(|e| Error::io(e, "lookup", layer_display(upper, upath)))?;
-            let mut next = Vec::new();
-            for &idx in &layers {
-                match self.layer(idx).lookup_dir(&prefix) {
-                    DirLookup::Absent => continue,
-                    DirLookup::Stop => break,
-                    DirLookup::Dir { opaque } => {
-                        next.push(idx);
-                        if opaque {
-                            break;
-                        }
-                    }
-                }
-            }
-            layers = next;
-        }
-        layers.insert(0, 0);
-        Ok(MergedDir {
-            path: upath.clone(),
-            lower_path,
-            layers,
-        })
     }
 }
 

@@ -99,14 +99,11 @@ impl LayerStack {
         copied.path = obj.upath.clone();
         copied.stat = stat;
         if let Some(d) = copied.dir.as_mut() {
-            d.layers.insert(0, 0);
+            d.layers.insert(0, (0, obj.upath.clone()));
         }
         if let Some(child) = parent_listing.get_mut(name) {
             child.layer = 0;
             child.lower = true;
-            if child.kind == FileKind::Dir {
-                child.dir_layers.insert(0, 0);
-            }
         }
         Ok(copied)
     }
@@ -166,17 +163,11 @@ impl LayerStack {
             .map_err(|e| Error::io(e, "create", super::layer_display(self.layer(0), &path)))?;
         listing.upper_whiteouts.remove(name);
         let ino = self.inos.map(0, stat.ino);
-        let dir_layers = if kind == FileKind::Dir {
-            vec![0]
-        } else {
-            Vec::new()
-        };
         listing.upsert(Child {
             name: name.to_os_string(),
             kind,
             layer: 0,
             ino,
-            dir_layers: dir_layers.clone(),
             lower: whiteout.unwrap_or(false),
         });
         let lower_path = parent_dir(parent, "create")?
@@ -191,9 +182,9 @@ impl LayerStack {
             upath: path.clone(),
             stat,
             dir: (kind == FileKind::Dir).then_some(MergedDir {
+                layers: vec![(0, path.clone())],
                 path,
                 lower_path,
-                layers: dir_layers,
             }),
             index_key: None,
         })
@@ -621,7 +612,6 @@ impl LayerStack {
             kind: obj.kind,
             layer: 0,
             ino: obj.ino,
-            dir_layers: Vec::new(),
             lower: whiteout.unwrap_or(false),
         });
         Ok(stat)
