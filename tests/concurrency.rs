@@ -7,6 +7,13 @@
 //!   and across two, while other threads stat those directories (each stat
 //!   after a rename reaches the daemon, which refreshes the attributes of
 //!   the directory the rename holds).
+//! * `reads_racing_writes_answer_as_a_serial_order`: one name that becomes a
+//!   directory, nothing, a file and nothing again, in a lower directory and
+//!   in an upper-only one, while other threads lstat and open it; then six
+//!   threads of random changes and reads on two names. Every call must
+//!   answer what some serial order of the calls could (reads: success or
+//!   ENOENT): never EIO, EXDEV, ENXIO or ENOTDIR from a moment when the
+//!   merged view and the upper on disk disagree.
 
 mod common;
 
@@ -151,6 +158,163 @@ fn renames_with_getattrs_do_not_deadlock() {
     let calls = run_with_watchdog(&mount, workers);
     assert!(calls > 1000, "only {calls} calls ran in {RUN_FOR:?}");
     let exit = mount.unmount();
+    assert!(
+        exit.status.is_some_and(|s| s.success()),
+        "daemon ended with {:?}:\n{}",
+        exit.status,
+        exit.log
+    );
+}
+
+/// Errors the load saw that no serial order of its calls could give.
+#[derive(Default)]
+struct Odd(std::sync::Mutex<Vec<String>>);
+
+impl Odd {
+    /// Notes `r` unless it is Ok or one of `allowed` errnos.
+    fn check<T>(&self, what: &str, p: &Path, r: std::io::Result<T>, allowed: &[i32]) {
+        if let Err(e) = r
+            && !e.raw_os_error().is_some_and(|n| allowed.contains(&n))
+        {
+            let mut v = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if v.len() < 50 {
+                v.push(format!("{what} {}: {e}", p.display()));
+            }
+        }
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// A writable mount over a lower holding the directory `low`, and an
+/// upper-only directory `up` made through it.
+fn racing_mount(root: &Path) -> LayerfsMount {
+    let (lower, upper, work) = (root.join("lower"), root.join("upper"), root.join("work"));
+    for d in [&lower, &upper, &work] {
+        fs::create_dir(d).expect("mkdir");
+    }
+    fs::create_dir(lower.join("low")).expect("mkdir lower dir");
+    fs::write(lower.join("low").join("other"), b"lower").expect("write lower file");
+    let opts = format!(
+        "upperdir={},workdir={}",
+        common::escape_opt_path(&upper),
+        common::escape_opt_path(&work)
+    );
+    let mount = LayerfsMount::mount(std::slice::from_ref(&lower), &opts);
+    fs::create_dir(mount.path().join("up")).expect("mkdir upper-only dir");
+    mount
+}
+
+/// The daemon's last log lines.
+fn log_tail(mount: &LayerfsMount) -> String {
+    let log = mount.log();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Tiny deterministic generator for the random load.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn reads_racing_writes_answer_as_a_serial_order() {
+    common::require_root();
+    let tmp = common::tempdir("layerfs-race-");
+    let root = tmp.path().canonicalize().expect("canonical temp dir");
+    let mount = racing_mount(&root);
+    let m = mount.path().to_path_buf();
+    let odd = Arc::new(Odd::default());
+    const NOENT: &[i32] = &[libc::ENOENT];
+
+    // One name changing type, read by two threads, in each directory.
+    let mut workers: Vec<Worker> = Vec::new();
+    for dir in ["low", "up"] {
+        let x = m.join(dir).join("x");
+        let (o, p) = (odd.clone(), x.clone());
+        workers.push(Box::new(move |l| {
+            o.check("mkdir", &p, fs::create_dir(&p), &[]);
+            o.check("rmdir", &p, fs::remove_dir(&p), &[]);
+            o.check("create", &p, fs::File::create(&p), &[]);
+            o.check("unlink", &p, fs::remove_file(&p), &[]);
+            l.done_calls.fetch_add(4, Ordering::Relaxed);
+        }));
+        for _ in 0..2 {
+            let (o, p) = (odd.clone(), x.clone());
+            workers.push(Box::new(move |l| {
+                o.check("lstat", &p, fs::symlink_metadata(&p), NOENT);
+                o.check("open", &p, fs::File::open(&p), NOENT);
+                l.done_calls.fetch_add(2, Ordering::Relaxed);
+            }));
+        }
+    }
+    run_with_watchdog(&mount, workers);
+    let seen = odd.take();
+    assert!(
+        seen.is_empty(),
+        "one name changing type:\n{}\ndaemon log (tail):\n{}",
+        seen.join("\n"),
+        log_tail(&mount)
+    );
+
+    // Six threads of random changes and reads on two names per directory.
+    let mut workers: Vec<Worker> = Vec::new();
+    for t in 0..6u64 {
+        let (o, m) = (odd.clone(), m.clone());
+        let state = std::sync::Mutex::new(0x9e37_79b9_7f4a_7c15u64 ^ (t + 1));
+        workers.push(Box::new(move |l| {
+            let mut st = state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let r = next(&mut st);
+            let dir = m.join(["low", "up"][(r & 1) as usize]);
+            let (a, b) = (dir.join(["x", "y"][(r >> 1 & 1) as usize]), dir.join("y"));
+            let changes = &[
+                libc::ENOENT,
+                libc::EEXIST,
+                libc::ENOTDIR,
+                libc::EISDIR,
+                libc::ENOTEMPTY,
+            ];
+            match (r >> 8) % 9 {
+                0 => o.check("mkdir", &a, fs::create_dir(&a), changes),
+                1 => o.check("rmdir", &a, fs::remove_dir(&a), changes),
+                2 => o.check("create", &a, fs::File::create(&a), changes),
+                3 => o.check("unlink", &a, fs::remove_file(&a), changes),
+                4 => o.check("rename", &a, fs::rename(&a, &b), changes),
+                5 => {
+                    let perm = std::os::unix::fs::PermissionsExt::from_mode(0o750);
+                    o.check("chmod", &a, fs::set_permissions(&a, perm), NOENT)
+                }
+                6 => o.check("open", &a, fs::File::open(&a), NOENT),
+                7 => o.check("readdir", &dir, fs::read_dir(&dir).map(|d| d.count()), &[]),
+                _ => o.check("lstat", &a, fs::symlink_metadata(&a), NOENT),
+            }
+            l.done_calls.fetch_add(1, Ordering::Relaxed);
+        }));
+    }
+    run_with_watchdog(&mount, workers);
+    let seen = odd.take();
+    let log = log_tail(&mount);
+    let exit = mount.unmount();
+    assert!(
+        seen.is_empty(),
+        "random load:\n{}\ndaemon log (tail):\n{log}",
+        seen.join("\n"),
+    );
     assert!(
         exit.status.is_some_and(|s| s.success()),
         "daemon ended with {:?}:\n{}",

@@ -8,7 +8,7 @@ mod write;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -141,7 +141,7 @@ impl LayerFs {
         let stale = upper_copy && self.stack.is_writable();
         let stat = if stale {
             match self.stack.restat(&obj) {
-                Ok(st) if st.ino == obj.stat.ino && st.dev == obj.stat.dev => {
+                Ok(st) if st.same_object(&obj.stat) => {
                     node.update(|s| s.obj.stat = st);
                     st
                 }
@@ -187,8 +187,22 @@ impl LayerFs {
             ));
         };
         let obj = self.stack.resolve(&merged, child)?;
+        let listed = obj.ino;
         let node = self.nodes.remember(&self.stack, dir.ino, name, obj)?;
+        self.renumbered(&dir, name, &node, listed)?;
         Ok(Some((self.attr(&node), Self::generation(&node))))
+    }
+
+    /// The node of `dir/name` got another number than its listing shows
+    /// (see [`NodeTable::insert_new`]): the listing shows the node's.
+    fn renumbered(&self, dir: &Node, name: &OsStr, node: &Node, listed: u64) -> Result<()> {
+        if node.ino == listed {
+            return Ok(());
+        }
+        dir.edit_listing(&self.stack, |l| {
+            l.set_ino(name, node.ino);
+            Ok(())
+        })
     }
 
     fn do_open(
@@ -198,8 +212,13 @@ impl LayerFs {
         reply: &ReplyOpen,
     ) -> Result<(u64, Option<Arc<BackingId>>)> {
         let node = self.node(ino, "open")?;
+        if node.is_dir() {
+            // The kernel opens directories with opendir: the number names
+            // a new directory now, the object opened was removed.
+            return Err(stale(&node, "open"));
+        }
         let access = flags.0 & libc::O_ACCMODE;
-        if access != libc::O_RDONLY {
+        let (file, obj) = if access != libc::O_RDONLY {
             if !self.stack.is_writable() {
                 return Err(Error::errno(
                     libc::EROFS,
@@ -209,15 +228,18 @@ impl LayerFs {
             }
             let _w = self.lock_writes();
             self.ensure_upper(&node)?;
-        }
-        let obj = node.obj();
-        let layer = self.stack.layer(obj.layer);
-        // O_APPEND is not passed on: the kernel sends the offset to write at.
-        let keep = libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
-        let fd = layer
-            .open_beneath(&obj.path, access | (flags.0 & keep) | libc::O_NOFOLLOW)
-            .map_err(|e| Error::io(e, "open", layer_display(layer, &obj.path)))?;
-        let file = File::from(fd);
+            self.open_node(&node, flags)?
+        } else {
+            match self.open_node(&node, flags) {
+                // Changes take the write lock: under it the node and the
+                // layers agree, so what fails now fails in a serial order.
+                Err(_) if self.stack.is_writable() => {
+                    let _w = self.lock_writes();
+                    self.open_node(&node, flags)?
+                }
+                other => other?,
+            }
+        };
         let backing = if self.passthrough.load(Ordering::Relaxed) && !self.stack.is_writable() {
             self.backing_for(&node, &file, reply)
         } else {
@@ -234,6 +256,30 @@ impl LayerFs {
             }),
         );
         Ok((fh, backing))
+    }
+
+    /// Open the object `node` stands for, and make sure it is that object:
+    /// a change made meanwhile may have put another at its path (ENOENT:
+    /// in a serial order the open came after the removal).
+    fn open_node(&self, node: &Node, flags: OpenFlags) -> Result<(File, crate::union::Resolved)> {
+        let obj = node.obj();
+        let layer = self.stack.layer(obj.layer);
+        let access = flags.0 & libc::O_ACCMODE;
+        // O_APPEND is not passed on: the kernel sends the offset to write at.
+        let keep = libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
+        let fd = layer
+            .open_beneath(&obj.path, access | (flags.0 & keep) | libc::O_NOFOLLOW)
+            .map_err(|e| Error::io(e, "open", layer_display(layer, &obj.path)))?;
+        let file = File::from(fd);
+        let st = file
+            .metadata()
+            .map_err(|e| Error::io(e, "open", layer_display(layer, &obj.path)))?;
+        let same = (st.dev(), st.ino(), st.mode() & libc::S_IFMT)
+            == (obj.stat.dev, obj.stat.ino, obj.stat.file_type());
+        if !same {
+            return Err(stale(node, "open"));
+        }
+        Ok((file, obj))
     }
 
     /// The backing id of `node`, registering `file` if it has none open.
@@ -345,6 +391,17 @@ impl LayerFs {
     }
 }
 
+/// ENOENT for a node whose object is gone, or whose number a new object
+/// took: the request came after the removal.
+fn stale(node: &Node, op: &'static str) -> Error {
+    Error::new(
+        libc::ENOENT,
+        op,
+        node.read(|s| s.obj.upath.to_string()),
+        "removed meanwhile",
+    )
+}
+
 /// Log an error once, at a level matching how unusual it is, and return
 /// the errno for the kernel.
 fn errno_of(err: &Error) -> Errno {
@@ -445,7 +502,17 @@ impl Filesystem for LayerFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _span = tracing::debug_span!("lookup", parent = parent.0, ?name).entered();
-        match self.do_lookup(parent, name) {
+        let result = match self.do_lookup(parent, name) {
+            // Reads take no lock, so a change may be half seen (the listing
+            // says one thing, the upper on disk another). Under the write
+            // lock the two agree: an error then is a serial order's.
+            Err(_) if self.stack.is_writable() => {
+                let _w = self.lock_writes();
+                self.do_lookup(parent, name)
+            }
+            other => other,
+        };
+        match result {
             Ok(Some((attr, generation))) => {
                 // A name of a hard-linked file on a writable mount is looked
                 // up on every path walk: the node then knows which name is
@@ -566,9 +633,25 @@ impl Filesystem for LayerFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _span = tracing::debug_span!("opendir", ino = ino.0).entered();
-        let result = self
-            .node(ino, "opendir")
-            .and_then(|node| node.listing(&self.stack));
+        let result = self.node(ino, "opendir").and_then(|node| {
+            if !node.is_dir() {
+                // The directory was removed and its number reused.
+                return Err(stale(&node, "opendir"));
+            }
+            let listing = match node.listing(&self.stack) {
+                // As in lookup: under the write lock no change is half made.
+                Err(_) if self.stack.is_writable() => {
+                    let _w = self.lock_writes();
+                    node.listing(&self.stack)
+                }
+                other => other,
+            };
+            // Its path holds no directory: it was removed meanwhile.
+            listing.map_err(|e| match e.raw_errno() {
+                libc::ENOTDIR => stale(&node, "opendir"),
+                _ => e,
+            })
+        });
         match result {
             Ok(listing) => {
                 let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);

@@ -157,15 +157,21 @@ fn counted_node(
 
 /// Whether `obj` is still where it was found.
 fn still_there(stack: &LayerStack, obj: &Resolved) -> bool {
-    stack
-        .restat(obj)
-        .is_ok_and(|st| st.ino == obj.stat.ino && st.dev == obj.stat.dev)
+    stack.restat(obj).is_ok_and(|st| st.same_object(&obj.stat))
 }
 
 #[derive(Debug, Default)]
 pub struct NodeTable {
     nodes: DashMap<u64, Arc<Node>>,
+    /// Numbers handed out so far to objects whose own number the kernel
+    /// still holds for an object of another type (see `insert_new`).
+    fresh: AtomicU64,
 }
+
+/// Where the numbers of [`NodeTable::insert_new`]'s fresh nodes start:
+/// the top quarter, above any real inode number (folded ones are hashed
+/// into the top half; a clash is checked).
+const FRESH_BASE: u64 = 3 << 62;
 
 impl NodeTable {
     pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
@@ -231,12 +237,20 @@ impl NodeTable {
         }
     }
 
-    /// Count one kernel reference to an object just created. Its inode
-    /// number may be one the filesystem reused while the kernel still holds
-    /// the old object: the node then takes the new object with a new
-    /// generation, and the kernel forgets the old inode.
+    /// Count one kernel reference to an object just created (or found
+    /// under a number a node of another object holds).
+    /// FUSE's node id is the inode number, and the kernel marks an inode
+    /// bad (EIO for whoever holds it) when a reply gives its id another
+    /// type or generation. So while the kernel still holds the old object
+    /// (removed, its inode number reused at once by the upper filesystem),
+    /// the new object gets a fresh number instead; the caller records it
+    /// in the listing. The old node keeps answering for what was removed.
     pub fn insert_new(&self, parent: u64, name: &std::ffi::OsStr, obj: Resolved) -> Arc<Node> {
         match self.nodes.entry(obj.ino) {
+            Entry::Occupied(o) if o.get().lookups.load(Ordering::Relaxed) > 0 => {
+                drop(o);
+                self.insert_fresh(parent, name, obj)
+            }
             Entry::Occupied(mut o) => {
                 let old = o.get();
                 let generation = old.read(|s| s.generation) + 1;
@@ -249,6 +263,20 @@ impl NodeTable {
                 let node = counted_node(parent, name, obj, 0, 1);
                 v.insert(node.clone());
                 node
+            }
+        }
+    }
+
+    /// A new node under a number no other node has.
+    fn insert_fresh(&self, parent: u64, name: &std::ffi::OsStr, mut obj: Resolved) -> Arc<Node> {
+        loop {
+            let n = self.fresh.fetch_add(1, Ordering::Relaxed);
+            let id = FRESH_BASE | (n & !FRESH_BASE);
+            if let Entry::Vacant(v) = self.nodes.entry(id) {
+                obj.ino = id;
+                let node = counted_node(parent, name, obj, 0, 1);
+                v.insert(node.clone());
+                return node;
             }
         }
     }

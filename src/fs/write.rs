@@ -96,7 +96,9 @@ impl LayerFs {
         let created = dir.edit_listing(&self.stack, |l| {
             self.stack.create(&parent_obj, l, name, obj, perm, uid, gid)
         })?;
+        let listed = created.ino;
         let node = self.nodes.insert_new(dir.ino, name, created);
+        self.renumbered(&dir, name, &node, listed)?;
         Ok((self.attr(&node), Self::generation(&node)))
     }
 
@@ -150,7 +152,7 @@ impl LayerFs {
                 .stack
                 .layer(0)
                 .stat(&alias)
-                .is_ok_and(|st| st.ino == s.obj.stat.ino && st.dev == s.obj.stat.dev);
+                .is_ok_and(|st| st.same_object(&s.obj.stat));
             if in_upper {
                 s.obj.layer = 0;
                 s.obj.path = alias;
@@ -379,11 +381,17 @@ impl LayerFs {
     ) -> Result<FileAttr> {
         let node = self.node(ino, "setattr")?;
         self.writable("setattr", &node)?;
-        {
-            let _w = self.lock_writes();
-            self.ensure_upper(&node)?;
-        }
+        // A change like any other: under the write lock, so the node and
+        // the upper agree (its path never holds a whiteout made meanwhile).
+        let _w = self.lock_writes();
+        self.ensure_upper(&node)?;
         let obj = node.obj();
+        // Removed (or its name reused) since the kernel looked it up: only
+        // a truncate through an open handle still reaches it.
+        let gone = !self
+            .stack
+            .restat(&obj)
+            .is_ok_and(|st| st.same_object(&obj.stat));
         // Truncating an open file goes through its handle: the path may be
         // unlinked already.
         let mut change = change.clone();
@@ -408,6 +416,9 @@ impl LayerFs {
                 node.update(|s| s.obj.stat = stat);
                 return Ok(self.attr(&node));
             }
+        }
+        if gone {
+            return Err(super::stale(&node, "setattr"));
         }
         let stat = self.stack.set_attr(&obj, &change)?;
         node.update(|s| s.obj.stat = stat);

@@ -34,6 +34,13 @@ impl Stat {
         self.file_type() == libc::S_IFDIR
     }
 
+    /// Whether both describe one object: device, inode number and type
+    /// (a filesystem reuses the number of a removed inode, perhaps for
+    /// an object of another type, at once).
+    pub fn same_object(&self, other: &Stat) -> bool {
+        (self.dev, self.ino, self.file_type()) == (other.dev, other.ino, other.file_type())
+    }
+
     fn from_libc(st: &libc::stat) -> Stat {
         Stat {
             dev: st.st_dev,

@@ -111,6 +111,15 @@ impl Listing {
         self.entries.is_empty()
     }
 
+    /// Show the entry `name` under another inode number (the FUSE glue's
+    /// choice when the kernel still holds its own number for another
+    /// object).
+    pub fn set_ino(&mut self, name: &OsStr, ino: u64) {
+        if let Some(c) = self.get_mut(name) {
+            c.ino = ino;
+        }
+    }
+
     /// Add or replace an entry.
     fn upsert(&mut self, child: Child) {
         match self.by_name.get(&child.name) {
