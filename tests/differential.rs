@@ -21,6 +21,13 @@
 //! * `LAYERFS_DIFF_REMOUNT_EVERY=N`: unmount and mount both sides again
 //!   every N operations (default 100; 0 never), then compare the merged
 //!   trees: each side must read back what it wrote.
+//! * `LAYERFS_DIFF_RESTACK=1`: every second remount first stacks each
+//!   side's upper as its top lower layer under a fresh upper (a committed
+//!   layer and a new container), so the redirects, whiteouts and opaque
+//!   dirs each side wrote are read back as a lower layer's. Off in `make
+//!   test`: it finds known differences (docs/reliability.md): `.wh.` names
+//!   an overlay upper holds are OCI whiteouts to layerfs once it is a
+//!   lower, and hard-link groups of copied-up lower files differ.
 //! * `LAYERFS_DIFF_CHECK_EVERY=N`: compare the merged trees every N
 //!   operations instead of every 50 (1 finds the very operation that made
 //!   a difference only a tree comparison sees).
@@ -256,6 +263,27 @@ impl Side {
             uw,
             _dir: dir,
         }
+    }
+
+    /// After [`Side::unmount`]: the upper becomes the top lower layer and a
+    /// fresh upper and work dir go on top (an image layer committed, a new
+    /// container on it), so the next mount reads what this one wrote —
+    /// redirects, whiteouts, opaque dirs — as a lower layer.
+    fn restack(&mut self, n: usize) {
+        let (upper, work) = (
+            self._dir.path().join(format!("upper{n}")),
+            self._dir.path().join(format!("work{n}")),
+        );
+        for d in [&upper, &work] {
+            std::fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        }
+        let old = std::mem::replace(&mut self.upper, upper);
+        self.layers.insert(0, old);
+        self.uw = format!(
+            "upperdir={},workdir={}",
+            escape_opt_path(&self.upper),
+            escape_opt_path(&work)
+        );
     }
 
     /// Mount again after [`Side::unmount`] (at a new mount point).
@@ -811,6 +839,13 @@ fn drive(
                     show_problems(&format!("upper dirs after op #{i}"), &problems),
                 );
                 return;
+            }
+            // With LAYERFS_DIFF_RESTACK=1, every second remount stacks the
+            // upper as a lower layer.
+            let remounts = (i + 1) / remount_every;
+            if remounts.is_multiple_of(2) && env("LAYERFS_DIFF_RESTACK").is_some_and(|v| v == "1") {
+                a.restack(remounts);
+                b.restack(remounts);
             }
             a.mount_again();
             b.mount_again();
