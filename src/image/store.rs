@@ -417,7 +417,7 @@ impl Store {
             },
             limit,
         );
-        let (diff_id, compression) = {
+        let read = (|| -> Result<(Digest, Compression)> {
             let mut buffered = BufReader::new(&mut outer);
             let head = buffered
                 .fill_buf()
@@ -453,7 +453,20 @@ impl Store {
             let (diff_id, _) = inner
                 .finish()
                 .map_err(|e| ImageError::new(format!("read: {e}")))?;
-            (diff_id, compression)
+            Ok((diff_id, compression))
+        })();
+        let (diff_id, compression) = match read {
+            Ok(r) => r,
+            // A blob that is not what its digest says fails in any odd way
+            // (a broken stream, a bad tar): name the real cause.
+            Err(e) => match (&expect.digest, finish_outer(outer)) {
+                (Some(expected), Ok((actual, _))) if *expected != actual => {
+                    return Err(ImageError::new(format!(
+                        "blob: digest mismatch: expected {expected}, got {actual}"
+                    )));
+                }
+                _ => return Err(e),
+            },
         };
         let (digest, size) = finish_outer(outer)?;
         if let Some(expected) = &expect.digest {
