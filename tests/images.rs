@@ -950,3 +950,75 @@ fn rmi_containers_and_rm_keep_what_is_in_use() {
         "layer records left"
     );
 }
+
+#[test]
+fn exports_are_read_by_skopeo_and_umoci_with_the_same_digests() {
+    let fx = Fixture::new();
+    let store = fx.store();
+    // The gzip image with no GNU sparse entries: umoci unpacks it.
+    let out = import(&store, &fx.path("oci-gz"), "exp/img:1");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let s = layerfs::image::Store::open(&store).unwrap();
+    let original = s.resolve_image("exp/img:1").unwrap();
+    let expected = snapshot(&fx.path("bundle/rootfs"));
+    let opts = DiffOptions {
+        dir_sizes: false,
+        ..DiffOptions::default()
+    };
+    for format in ["oci", "docker-archive"] {
+        let file = fx.path(&format!("export.{format}.tar"));
+        layerfs_ok(
+            &store,
+            &[
+                "export".as_ref(),
+                "exp/img:1".as_ref(),
+                "-o".as_ref(),
+                file.as_os_str(),
+                "--format".as_ref(),
+                format.as_ref(),
+            ],
+        );
+        // skopeo reads it (as what it claims to be) into a plain layout...
+        let layout = fx.path(&format!("copied-{format}"));
+        let src = match format {
+            "oci" => format!("oci-archive:{}:1", file.display()),
+            _ => format!("docker-archive:{}", file.display()),
+        };
+        run(Command::new("skopeo")
+            .args(["copy", "-q", &src])
+            .arg(format!("oci:{}:c", layout.display())));
+        // ...which umoci unpacks to the same tree.
+        let bundle = fx.path(&format!("bundle-{format}"));
+        run(Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:c", layout.display()))
+            .arg(&bundle));
+        let problems = diff_with(&expected, &snapshot(&bundle.join("rootfs")), &opts);
+        assert!(problems.is_empty(), "{format}: {}", problems.join("\n"));
+        // Importing the export again gives the very same image.
+        let again = fx.path(&format!("store-{format}"));
+        let out = layerfs(&again, &["import".as_ref(), file.as_os_str()]);
+        assert!(out.status.success(), "{format}: {}", stderr_of(&out));
+        let back = layerfs::image::Store::open(&again)
+            .unwrap()
+            .resolve_image("exp/img:1")
+            .unwrap();
+        assert_eq!(back.record.id, original.record.id);
+        assert_eq!(back.record.manifest, original.record.manifest, "{format}");
+    }
+    let missing = layerfs(
+        &store,
+        &[
+            "export".as_ref(),
+            "nope".as_ref(),
+            "-o".as_ref(),
+            fx.path("n.tar").as_os_str(),
+        ],
+    );
+    assert!(
+        stderr_of(&missing).contains("image nope: not found"),
+        "{}",
+        stderr_of(&missing)
+    );
+    assert!(!fx.path("n.tar").exists());
+}

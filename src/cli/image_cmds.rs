@@ -61,6 +61,21 @@ pub struct RmArgs {
     pub store: StoreArg,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// NAME[:TAG], ID or a unique ID prefix.
+    pub image: String,
+    /// The tar to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// oci (an OCI layout archive) or docker-archive (also an OCI layout,
+    /// plus the manifest.json of `docker save`).
+    #[arg(long, default_value = "oci", value_name = "FORMAT")]
+    pub format: String,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
 fn open_store(dir: Option<&std::path::Path>) -> Result<Store, String> {
     Store::open(&Store::resolve_dir(dir))
         .map(|s| s.with_mount_check(super::is_layerfs_mount))
@@ -188,6 +203,18 @@ pub fn run_rmi(args: RmiArgs) -> i32 {
             .remove_image(&lock, &args.image, args.force)
             .map_err(|e| e.to_string())?;
         println!("{}", r.id);
+        Ok(())
+    })())
+}
+
+pub fn run_export(args: ExportArgs) -> i32 {
+    report((|| {
+        let format = image::ExportFormat::parse(&args.format)
+            .ok_or_else(|| format!("--format {}: want oci or docker-archive", args.format))?;
+        let store = open_store(args.store.store.as_deref())?;
+        let img =
+            image::export(&store, &args.image, &args.output, format).map_err(|e| e.to_string())?;
+        println!("{}", img.record.id);
         Ok(())
     })())
 }

@@ -46,6 +46,8 @@ enum Command {
     Containers(image_cmds::ListArgs),
     /// Remove a container and its writable layer.
     Rm(image_cmds::RmArgs),
+    /// Write an image from the store as an OCI or docker archive.
+    Export(image_cmds::ExportArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -124,6 +126,7 @@ pub fn main() -> i32 {
         Command::Rmi(args) => image_cmds::run_rmi(args),
         Command::Containers(args) => image_cmds::run_containers(args),
         Command::Rm(args) => image_cmds::run_rm(args),
+        Command::Export(args) => image_cmds::run_export(args),
     }
 }
 

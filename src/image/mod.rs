@@ -7,6 +7,7 @@
 pub mod archive;
 pub mod containers;
 pub mod digest;
+pub mod export;
 pub mod import;
 pub mod progress;
 pub mod spec;
@@ -16,6 +17,7 @@ pub mod unpack;
 
 pub use containers::{Container, ContainerRecord, MountRecord, MountRecordGuard};
 pub use digest::Digest;
+pub use export::{ExportFormat, export};
 pub use import::{ImportOptions, ImportReport, import};
 pub use store::{AddedLayer, Image, ImageRecord, LayerExpect, LayerRecord, Store, StoreLock};
 
