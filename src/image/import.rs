@@ -6,9 +6,10 @@ use std::path::Path;
 
 use super::archive::Source;
 use super::digest::{self, Digest};
+use super::layer_add::LayerExpect;
 use super::progress::Progress;
 use super::spec::{self, Descriptor, DockerArchiveImage, ImageConfig, Index, Manifest, Platform};
-use super::store::{ImageRecord, LayerExpect, MAX_JSON_SIZE, Store, normalize_name};
+use super::store::{ImageRecord, MAX_JSON_SIZE, Store, normalize_name};
 use super::{ImageError, Result};
 
 #[derive(Debug, Clone, Default)]

@@ -9,6 +9,7 @@ pub mod containers;
 pub mod digest;
 pub mod export;
 pub mod import;
+pub mod layer_add;
 pub mod progress;
 pub mod spec;
 pub mod store;
@@ -19,7 +20,8 @@ pub use containers::{Container, ContainerRecord, MountRecord, MountRecordGuard};
 pub use digest::Digest;
 pub use export::{ExportFormat, export};
 pub use import::{ImportOptions, ImportReport, import};
-pub use store::{AddedLayer, Image, ImageRecord, LayerExpect, LayerRecord, Store, StoreLock};
+pub use layer_add::{AddedLayer, LayerExpect};
+pub use store::{Image, ImageRecord, LayerRecord, Store, StoreLock};
 
 use std::fmt;
 

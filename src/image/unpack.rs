@@ -485,12 +485,11 @@ fn timespecs(mtime: (i64, i64)) -> (TimeSpec, TimeSpec) {
 
 fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> EntryResult<Meta> {
     let header = entry.header();
-    let mode = header.mode().map_err(|e| e.to_string())? & 0o7777;
-    let uid =
-        u32::try_from(header.uid().map_err(|e| e.to_string())?).map_err(|_| "uid out of range")?;
-    let gid =
-        u32::try_from(header.gid().map_err(|e| e.to_string())?).map_err(|_| "gid out of range")?;
-    let secs = i64::try_from(header.mtime().map_err(|e| e.to_string())?).unwrap_or(0);
+    let old = header.as_old();
+    let mode = numeric(header.mode().map(u64::from), &old.mode)? as u32 & 0o7777;
+    let uid = u32::try_from(numeric(header.uid(), &old.uid)?).map_err(|_| "uid out of range")?;
+    let gid = u32::try_from(numeric(header.gid(), &old.gid)?).map_err(|_| "gid out of range")?;
+    let secs = i64::try_from(numeric(header.mtime(), &old.mtime)?).unwrap_or(0);
     let mut mtime = (secs, 0);
     let mut xattrs = Vec::new();
     if let Some(pax) = entry.pax_extensions().map_err(|e| e.to_string())? {
@@ -513,6 +512,16 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> EntryResult<Meta> {
         mtime,
         xattrs,
     })
+}
+
+/// A numeric header field; one left blank (NULs or spaces) is 0, as Go's
+/// archive/tar (docker, umoci) reads it.
+fn numeric(parsed: io::Result<u64>, raw: &[u8]) -> EntryResult<u64> {
+    match parsed {
+        Ok(v) => Ok(v),
+        Err(_) if raw.iter().all(|&b| b == 0 || b == b' ') => Ok(0),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A PAX time: `SECONDS[.FRACTION]`.
