@@ -601,6 +601,35 @@ pub fn remove_tree(parent: BorrowedFd<'_>, name: &CString) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mtime: u64) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(mtime);
+        b.append_data(&mut h, path, data).unwrap();
+    }
+
+    fn special(b: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, path: &str, link: &str) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o755);
+        h.set_mtime(1000);
+        if !link.is_empty() {
+            h.set_link_name(link).unwrap();
+        }
+        b.append_data(&mut h, path, std::io::empty()).unwrap();
+    }
+
+    fn unpack_into(tar: Vec<u8>, limits: &Limits) -> (tempfile::TempDir, Result<Unpacked>) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("layer");
+        std::fs::create_dir(&root).unwrap();
+        let res = unpack(&tar[..], &root, limits);
+        (dir, res)
+    }
 
     #[test]
     fn components_refuse_escapes() {
@@ -618,5 +647,82 @@ mod tests {
         assert_eq!(parse_pax_time(b"12.5"), Some((12, 500_000_000)));
         assert_eq!(parse_pax_time(b"7"), Some((7, 0)));
         assert_eq!(parse_pax_time(b"x"), None);
+    }
+
+    #[test]
+    fn a_symlink_made_earlier_is_never_written_through() {
+        let outside = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        special(
+            &mut b,
+            tar::EntryType::Symlink,
+            "link",
+            outside.path().to_str().unwrap(),
+        );
+        file(&mut b, "link/x", b"escaped", 1000);
+        let (_dir, res) = unpack_into(b.into_inner().unwrap(), &Limits::default());
+        let err = res.unwrap_err().to_string();
+        assert!(err.contains("through the symlink \"link\""), "{err}");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn links_replacements_holes_and_directory_times() {
+        let mut b = tar::Builder::new(Vec::new());
+        special(&mut b, tar::EntryType::Directory, "d/", "");
+        file(&mut b, "d/a", b"aaa", 2000);
+        special(&mut b, tar::EntryType::Link, "d/b", "d/a");
+        special(&mut b, tar::EntryType::Directory, "x/", "");
+        file(&mut b, "x/y", b"y", 2000);
+        file(&mut b, "x", b"x is a file now", 2000);
+        let mut sparse = vec![0u8; 1 << 20];
+        sparse[(1 << 20) - 1] = 1;
+        file(&mut b, "sparse", &sparse, 2000);
+        file(&mut b, "implied/parent/f", b"f", 2000);
+        let (dir, res) = unpack_into(b.into_inner().unwrap(), &Limits::default());
+        let stats = res.unwrap();
+        assert_eq!(stats.entries, 8);
+        let root = dir.path().join("layer");
+        let (a, bm) = (
+            std::fs::metadata(root.join("d/a")).unwrap(),
+            std::fs::metadata(root.join("d/b")).unwrap(),
+        );
+        assert_eq!((a.ino(), a.nlink()), (bm.ino(), 2));
+        assert_eq!(std::fs::read(root.join("x")).unwrap(), b"x is a file now");
+        let sp = std::fs::metadata(root.join("sparse")).unwrap();
+        assert_eq!(sp.len(), 1 << 20);
+        assert!(sp.blocks() * 512 < 1 << 19, "{} blocks", sp.blocks());
+        // Set after d/a and d/b were written into it.
+        assert_eq!(std::fs::metadata(root.join("d")).unwrap().mtime(), 1000);
+        assert!(root.join("implied/parent").is_dir());
+    }
+
+    #[test]
+    fn hard_links_must_name_an_entry_of_the_layer() {
+        let mut b = tar::Builder::new(Vec::new());
+        special(&mut b, tar::EntryType::Link, "l", "missing");
+        let (_dir, res) = unpack_into(b.into_inner().unwrap(), &Limits::default());
+        assert!(res.unwrap_err().to_string().contains("not in the layer"));
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..5 {
+            file(&mut b, &format!("f{i}"), b"12345", 1);
+        }
+        let tar = b.into_inner().unwrap();
+        let few = Limits {
+            max_entries: 3,
+            ..Limits::default()
+        };
+        let (_d, res) = unpack_into(tar.clone(), &few);
+        assert!(res.unwrap_err().to_string().contains("more than 3 entries"));
+        let small = Limits {
+            max_file_size: 4,
+            ..Limits::default()
+        };
+        let (_d, res) = unpack_into(tar, &small);
+        assert!(res.unwrap_err().to_string().contains("declares 5 bytes"));
     }
 }
