@@ -19,6 +19,9 @@ use std::process::Command;
 use common::images::*;
 use common::{DiffOptions, LayerfsMount, diff_with, snapshot};
 
+/// The size of the sparse file: large next to its few data blocks.
+const BIG: u64 = 16 << 20;
+
 /// The three layers of the test image, as directories.
 fn prepare_layers(base: &Path) -> [PathBuf; 3] {
     let l1 = base.join("l1");
@@ -62,11 +65,11 @@ fn prepare_layers(base: &Path) -> [PathBuf; 3] {
     let l3 = base.join("l3");
     fs::create_dir_all(&l3).unwrap();
     let big = fs::File::create(l3.join("big")).unwrap();
-    big.set_len(64 << 20).unwrap();
+    big.set_len(BIG).unwrap();
     use std::os::unix::fs::FileExt;
     big.write_all_at(b"start", 0).unwrap();
-    big.write_all_at(b"middle", 32 << 20).unwrap();
-    big.write_all_at(b"end", (64 << 20) - 3).unwrap();
+    big.write_all_at(b"middle", BIG / 2).unwrap();
+    big.write_all_at(b"end", BIG - 3).unwrap();
     // Fixed times, so layers made twice are the same bytes; whole seconds
     // in the GNU-format layer, which has no finer times.
     for (l, time) in [
@@ -186,7 +189,7 @@ fn oci_layout_dir_imports_once_and_mounts_as_umoci_unpacks() {
         .find(|p| p.exists())
         .unwrap();
     let md = fs::symlink_metadata(&big).unwrap();
-    assert_eq!(md.len(), 64 << 20);
+    assert_eq!(md.len(), BIG);
     assert!(
         md.blocks() * 512 < 1 << 20,
         "sparse file takes {} blocks",
