@@ -432,3 +432,37 @@ fn exports_are_read_by_skopeo_and_umoci_with_the_same_digests() {
     );
     assert!(!fx.path("n.tar").exists());
 }
+
+#[test]
+fn a_layout_with_several_tags_takes_the_one_named() {
+    common::require_root();
+    let dir = common::tempdir("images-tags-");
+    let one = raw_tar(&[(tar::EntryType::Regular, "which", "", b"one", None)]);
+    let two = raw_tar(&[(tar::EntryType::Regular, "which", "", b"two", None)]);
+    let layout = dir.path().join("tags");
+    let images = [
+        ImageSpec {
+            layers: vec![(&one, Comp::Gzip)],
+            arch: "amd64",
+            tag: "one",
+        },
+        ImageSpec {
+            layers: vec![(&two, Comp::Gzip)],
+            arch: "amd64",
+            tag: "two",
+        },
+    ];
+    write_layout(&layout, &images, false);
+    let store = dir.path().join("store");
+    let out = layerfs(&store, &["import".as_ref(), layout.as_os_str()]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("2 images for platform linux/amd64 (tags: one, two)"),
+        "{err}"
+    );
+    assert!(import(&store, &layout, "mine:two").status.success());
+    let s = layerfs::image::Store::open(&store).unwrap();
+    let img = s.resolve_image("mine:two").unwrap();
+    assert_eq!(fs::read(img.layer_dirs[0].join("which")).unwrap(), b"two");
+}

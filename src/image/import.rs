@@ -227,6 +227,45 @@ fn candidates(
     Ok(())
 }
 
+/// One image of several: the only one, or the one whose name (or tag)
+/// is the tag `--name` gives, as `umoci`/`skopeo` layouts tag images.
+fn choose(
+    found: Vec<(Descriptor, Option<String>)>,
+    name: Option<&str>,
+    wanted: &Platform,
+) -> Result<(Descriptor, Option<String>)> {
+    let mut distinct: Vec<&(Descriptor, Option<String>)> = Vec::new();
+    for f in &found {
+        if !distinct.iter().any(|d| d.0.digest == f.0.digest) {
+            distinct.push(f);
+        }
+    }
+    if distinct.len() > 1
+        && let Some(full) = name.and_then(|n| normalize_name(n).ok())
+    {
+        let tag = full.rsplit_once(':').map_or("latest", |(_, t)| t);
+        let named = |n: &Option<String>| n.as_deref().is_some_and(|n| n == full || n == tag);
+        if let Some(hit) = found.iter().find(|(_, n)| named(n)) {
+            return Ok(hit.clone());
+        }
+    }
+    match distinct.as_slice() {
+        [] => Err(ImageError::new(format!("no image for platform {wanted}"))),
+        [one] => Ok((*one).clone()),
+        several => {
+            let tags: Vec<&str> = several
+                .iter()
+                .map(|(_, n)| n.as_deref().unwrap_or("<untagged>"))
+                .collect();
+            Err(ImageError::new(format!(
+                "{} images for platform {wanted} (tags: {}): choose one with --name NAME:TAG",
+                several.len(),
+                tags.join(", ")
+            )))
+        }
+    }
+}
+
 fn plan_oci(source: &Source, opts: &ImportOptions) -> Result<Plan> {
     let index: Index = json(
         "index.json",
@@ -235,9 +274,7 @@ fn plan_oci(source: &Source, opts: &ImportOptions) -> Result<Plan> {
     let wanted = opts.platform.clone().unwrap_or_else(spec::host_platform);
     let mut found = Vec::new();
     candidates(source, &index, &wanted, None, 0, &mut found)?;
-    let Some((desc, name)) = found.into_iter().next() else {
-        return Err(ImageError::new(format!("no image for platform {wanted}")));
-    };
+    let (desc, name) = choose(found, opts.name.as_deref(), &wanted)?;
     let manifest_bytes = read_blob(source, &desc)?;
     let manifest: Manifest = json(&format!("manifest {}", desc.digest), &manifest_bytes)?;
     let config_bytes = read_blob(source, &manifest.config)?;
