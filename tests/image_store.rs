@@ -462,3 +462,45 @@ fn two_imports_at_once_unpack_each_layer_once() {
     assert_eq!(v[0]["names"], serde_json::json!(["one:1", "two:1"]));
     assert_eq!(count_dirs(&store.join("layers/sha256")), 1);
 }
+
+#[test]
+fn an_image_repeating_a_layer_mounts() {
+    use tar::EntryType as T;
+    common::require_root();
+    let dir = common::tempdir("images-repeat-");
+    let empty = raw_tar(&[]);
+    let a = raw_tar(&[(T::Regular, "a", "", b"a", None)]);
+    let b = raw_tar(&[
+        (T::Regular, ".wh.a", "", b"", None),
+        (T::Regular, "b", "", b"b", None),
+    ]);
+    let layers = vec![
+        (&a[..], Comp::Gzip),
+        (&empty[..], Comp::Gzip),
+        (&b[..], Comp::Gzip),
+        (&empty[..], Comp::Gzip),
+    ];
+    let layout = dir.path().join("oci");
+    write_layout(
+        &layout,
+        &[ImageSpec {
+            layers,
+            arch: "amd64",
+            tag: "x",
+        }],
+        false,
+    );
+    let store = dir.path().join("store");
+    let out = import(&store, &layout, "rep:1");
+    assert!(
+        stderr_of(&out).contains("4 layers, 3 unpacked"),
+        "{}",
+        stderr_of(&out)
+    );
+    let m = mount_image(&store, "rep:1", None);
+    let names: Vec<String> = fs::read_dir(m.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["b".to_string()]);
+}

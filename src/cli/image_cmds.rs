@@ -346,7 +346,7 @@ pub fn run_image_mount(mut args: MountArgs) -> i32 {
             return 1;
         }
     };
-    args.lowers = image.layer_dirs.iter().rev().cloned().collect();
+    args.lowers = image.lowerdirs();
     if let Some(c) = &container {
         args.upper = Some(c.upper.clone());
         args.work = Some(c.work.clone());

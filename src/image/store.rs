@@ -158,6 +158,21 @@ pub fn normalize_name(name: &str) -> Result<String> {
     }
 }
 
+impl Image {
+    /// The lowerdir of a mount: the layer directories top first. A layer
+    /// that appears more than once (images repeat the empty layer) is kept
+    /// only where it is topmost: below that it adds nothing.
+    pub fn lowerdirs(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = Vec::new();
+        for dir in self.layer_dirs.iter().rev() {
+            if !out.contains(dir) {
+                out.push(dir.clone());
+            }
+        }
+        out
+    }
+}
+
 impl Store {
     /// The store used when none is given: `LAYERFS_STORE`, else
     /// /var/lib/layerfs as root, else `$XDG_DATA_HOME/layerfs`
