@@ -504,3 +504,50 @@ fn an_image_repeating_a_layer_mounts() {
         .collect();
     assert_eq!(names, vec!["b".to_string()]);
 }
+
+#[test]
+fn a_legacy_docker_archive_with_a_linked_layer_imports() {
+    use tar::EntryType as T;
+    common::require_root();
+    let dir = common::tempdir("images-legacy-");
+    let layer = raw_tar(&[(T::Regular, "a", "", b"a", None)]);
+    let diff_id = hex_digest(&layer);
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff_id, diff_id]}});
+    let config = serde_json::to_vec(&config).unwrap();
+    let config_name = format!("{}.json", &hex_digest(&config)[7..]);
+    let manifest = serde_json::json!([{"Config": config_name, "RepoTags": ["legacy:1"],
+        "Layers": ["aaa/layer.tar", "bbb/layer.tar"]}]);
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    // docker save stores a repeated layer once, the second as a symlink.
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("manifest.json", &manifest[..]),
+        (config_name.as_str(), &config[..]),
+        ("aaa/layer.tar", &layer[..]),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, data).unwrap();
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(T::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_link_name("../aaa/layer.tar").unwrap();
+    b.append_data(&mut h, "bbb/layer.tar", std::io::empty())
+        .unwrap();
+    let archive = dir.path().join("legacy.tar");
+    fs::write(&archive, b.into_inner().unwrap()).unwrap();
+    let store = dir.path().join("store");
+    let out = layerfs(&store, &["import".as_ref(), archive.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("as legacy:1: 2 layers, 1 unpacked"),
+        "{}",
+        stderr_of(&out)
+    );
+    let m = mount_image(&store, "legacy:1", None);
+    assert_eq!(fs::read(m.path().join("a")).unwrap(), b"a");
+}

@@ -49,6 +49,25 @@ fn normalize(name: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
+/// A link target inside a tar, `..` resolved by name; None when it climbs
+/// above the archive's root.
+fn resolve_in_archive(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    if parts.is_empty() || path.starts_with('/') {
+        return None;
+    }
+    Some(parts.join("/"))
+}
+
 impl Source {
     pub fn open(path: &Path) -> Result<Source> {
         let meta = std::fs::metadata(path).map_err(|e| ImageError::io("open", path, e))?;
@@ -90,7 +109,7 @@ impl Source {
                         (tar::EntryType::Symlink, Some((dir, _))) => format!("{dir}/{target}"),
                         _ => target,
                     };
-                    if let Some(t) = normalize(&joined) {
+                    if let Some(t) = resolve_in_archive(&joined) {
                         links.insert(name, t);
                     }
                 }
@@ -227,5 +246,10 @@ mod tests {
         assert_eq!(normalize("../x"), None);
         assert_eq!(normalize("/etc/passwd"), None);
         assert_eq!(normalize("."), None);
+        assert_eq!(
+            super::resolve_in_archive("bbb/../aaa/layer.tar").as_deref(),
+            Some("aaa/layer.tar")
+        );
+        assert_eq!(super::resolve_in_archive("a/../../x"), None);
     }
 }
