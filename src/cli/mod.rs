@@ -3,6 +3,7 @@
 //! and /etc/fstab.
 
 mod daemon;
+mod image_cmds;
 pub mod options;
 
 use std::ffi::OsString;
@@ -35,6 +36,18 @@ enum Command {
     Mount(MountArgs),
     /// Unmount a layerfs mount.
     Umount(UmountArgs),
+    /// Import an OCI image layout (dir or tar) or a `docker save` archive.
+    Import(image_cmds::ImportArgs),
+    /// List the images in the store.
+    Images(image_cmds::ListArgs),
+    /// Remove an image (its layers go when no other image uses them).
+    Rmi(image_cmds::RmiArgs),
+    /// List the containers (named writable layers) in the store.
+    Containers(image_cmds::ListArgs),
+    /// Remove a container and its writable layer.
+    Rm(image_cmds::RmArgs),
+    /// Write an image from the store as an OCI or docker archive.
+    Export(image_cmds::ExportArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,6 +73,15 @@ struct MountArgs {
     /// Where the detached daemon writes its log (default: nowhere).
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
+    /// Mount this image from the store (NAME[:TAG], ID or ID prefix).
+    #[arg(long, value_name = "NAME[:TAG]|ID")]
+    image: Option<String>,
+    /// With --image: a named writable layer kept in the store.
+    #[arg(long, value_name = "NAME", requires = "image")]
+    container: Option<String>,
+    /// The image store (with --image).
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
     /// Where to mount.
     mountpoint: PathBuf,
 }
@@ -99,6 +121,12 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Mount(args) => run_mount(args),
         Command::Umount(args) => run_umount(args),
+        Command::Import(args) => image_cmds::run_import(args),
+        Command::Images(args) => image_cmds::run_images(args),
+        Command::Rmi(args) => image_cmds::run_rmi(args),
+        Command::Containers(args) => image_cmds::run_containers(args),
+        Command::Rm(args) => image_cmds::run_rm(args),
+        Command::Export(args) => image_cmds::run_export(args),
     }
 }
 
@@ -145,11 +173,25 @@ fn helper_args(args: &[OsString]) -> Result<MountArgs, String> {
         foreground: false,
         threads: 4,
         log_file: None,
+        image: None,
+        container: None,
+        store: None,
         mountpoint,
     })
 }
 
 fn run_mount(args: MountArgs) -> i32 {
+    if args.image.is_some() {
+        return image_cmds::run_image_mount(args);
+    }
+    run_mount_with(args, None)
+}
+
+/// Called in the daemon once the mount is live; what it returns is kept
+/// until the mount ends (e.g. a record of the mount, removed on drop).
+type OnLive = Box<dyn FnOnce() -> Result<Box<dyn std::any::Any>, String>>;
+
+fn run_mount_with(args: MountArgs, on_live: Option<OnLive>) -> i32 {
     let spec = if args.lowers.is_empty() && args.upper.is_none() && args.work.is_none() {
         options::parse_mount_options(&args.options)
     } else {
@@ -246,6 +288,13 @@ fn run_mount(args: MountArgs) -> i32 {
         readiness.failed(&format!("log file: {e}"));
         return 1;
     }
+    let _live = match on_live.map(|f| f()).transpose() {
+        Ok(kept) => kept,
+        Err(msg) => {
+            readiness.failed(&msg);
+            return 1;
+        }
+    };
     readiness.ready();
     match mounted.serve() {
         Ok(()) => 0,

@@ -2,7 +2,7 @@
 //! are read — every whiteout dialect and opaque marker lives here and
 //! nowhere else. No FUSE types.
 
-mod sys;
+pub mod sys;
 pub mod upper;
 pub mod whiteout;
 

@@ -267,3 +267,16 @@ pub fn fget_xattr_opt(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<Vec<
         Err(e) => Err(e),
     }
 }
+
+/// Set an xattr (create or replace).
+pub fn set_xattr(target: XattrTarget<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
+    let (ptr, len) = (value.as_ptr().cast(), value.len());
+    // SAFETY: value is valid for len bytes; name is a C string.
+    cvt(match target {
+        XattrTarget::Fd(fd) => unsafe {
+            libc::fsetxattr(fd.as_raw_fd(), name.as_ptr(), ptr, len, 0)
+        },
+        XattrTarget::Path(p) => unsafe { libc::lsetxattr(p.as_ptr(), name.as_ptr(), ptr, len, 0) },
+    })
+    .map(drop)
+}

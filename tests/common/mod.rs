@@ -4,6 +4,7 @@
 //! uses every helper, hence the `dead_code` allowance.
 #![allow(dead_code, unused_imports)]
 
+pub mod images;
 pub mod materialize;
 pub mod meta;
 pub mod mounts;
