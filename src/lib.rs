@@ -4,5 +4,6 @@
 pub mod cli;
 pub mod error;
 pub mod fs;
+pub mod image;
 pub mod layers;
 pub mod union;

@@ -3,6 +3,7 @@
 //! and /etc/fstab.
 
 mod daemon;
+mod inspect_cmds;
 pub mod options;
 
 use std::ffi::OsString;
@@ -35,6 +36,14 @@ enum Command {
     Mount(MountArgs),
     /// Unmount a layerfs mount.
     Umount(UmountArgs),
+    /// Every whiteout and opaque dir of a stack of layers, what it hides, and the bytes.
+    Whiteouts(inspect_cmds::WhiteoutsArgs),
+    /// Per-layer counts of added, changed and deleted entries.
+    History(inspect_cmds::HistoryArgs),
+    /// Which layer provides a path, and what it hides.
+    Which(inspect_cmds::WhichArgs),
+    /// A container layer's changes, as `docker diff` prints them.
+    Diff(inspect_cmds::DiffArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,6 +108,10 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Mount(args) => run_mount(args),
         Command::Umount(args) => run_umount(args),
+        Command::Whiteouts(args) => inspect_cmds::whiteouts(args),
+        Command::History(args) => inspect_cmds::history(args),
+        Command::Which(args) => inspect_cmds::which(args),
+        Command::Diff(args) => inspect_cmds::diff(args),
     }
 }
 

@@ -1,0 +1,3 @@
+//! Images: OCI import, the layer store, commit, and explaining layers.
+
+pub mod inspect;
