@@ -1,0 +1,405 @@
+//! Explaining layers, end to end (needs root):
+//!
+//! * `known_stack_through_the_cli`: a hand-made stack whose answers are
+//!   known exactly; `whiteouts`, `history` and `which` with `--json` must
+//!   give those numbers, and the text forms must run.
+//! * `container_diff_and_commit_round_trip`: changes made through a real
+//!   writable layerfs mount (create, modify, delete, rename of a lower
+//!   directory, which leaves a redirect, hard link of a lower file, chmod,
+//!   xattr, symlink, fifo); then `diff` must list exactly the expected
+//!   lines, and the layer tar of the upper, unpacked as a new top layer over
+//!   the same lowers and mounted read-only, must show the tree the
+//!   container showed.
+//! * `bad_input_is_one_line`: missing layers and bad paths.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{DiffOptions, LayerfsMount, Tree, diff_with, snapshot};
+use serde_json::Value;
+
+fn file(root: &Path, rel: &str, content: &[u8]) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().expect("a parent")).expect("mkdir -p");
+    fs::write(p, content).expect("write");
+}
+
+fn run(args: &[&str], extra: &[&Path]) -> (i32, String, String) {
+    let out = Command::new(common::layerfs_bin())
+        .args(args)
+        .args(extra)
+        .output()
+        .expect("running layerfs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(args: &[&str], extra: &[&Path]) -> Value {
+    let (code, out, err) = run(args, extra);
+    assert_eq!(code, 0, "layerfs {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}): {out}"))
+}
+
+/// Layer 2 (bottom): /big 1000, /dir/{a 10,b 20}, /keep 5.
+/// Layer 1: .wh.big, dir/.wh..wh..opq, dir/c 30, keep 50.
+/// Layer 0: keep as a 0/0 char device (overlay whiteout), dir/d 40.
+fn known_stack(root: &Path) -> Vec<PathBuf> {
+    let (l0, l1, l2) = (root.join("l0"), root.join("l1"), root.join("l2"));
+    file(&l2, "big", &[b'b'; 1000]);
+    file(&l2, "dir/a", &[b'a'; 10]);
+    file(&l2, "dir/b", &[b'b'; 20]);
+    file(&l2, "keep", &[b'k'; 5]);
+    file(&l1, ".wh.big", b"");
+    file(&l1, "dir/.wh..wh..opq", b"");
+    file(&l1, "dir/c", &[b'c'; 30]);
+    file(&l1, "keep", &[b'k'; 50]);
+    file(&l0, "dir/d", &[b'd'; 40]);
+    common::sys::mknod(&l0.join("keep"), libc::S_IFCHR, 0o600, 0, 0).expect("mknod whiteout");
+    vec![l0, l1, l2]
+}
+
+#[test]
+fn known_stack_through_the_cli() {
+    common::require_root();
+    let dir = common::tempdir("layerfs-inspect-known-");
+    let layers = known_stack(dir.path());
+    let l: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
+
+    let w = json(&["whiteouts", "--json"], &l);
+    let marks: Vec<(u64, &str, &str, usize, u64)> = w["whiteouts"]
+        .as_array()
+        .expect("whiteouts array")
+        .iter()
+        .map(|m| {
+            (
+                m["layer"].as_u64().unwrap(),
+                m["path"].as_str().unwrap(),
+                m["mark"].as_str().unwrap(),
+                m["hides"].as_array().unwrap().len(),
+                m["hidden_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        marks,
+        vec![
+            (1, "/big", "whiteout", 1, 1000),
+            (0, "/keep", "whiteout", 1, 50),
+            (1, "/dir", "opaque", 2, 30),
+        ]
+    );
+    assert_eq!(w["shadowed"][0]["path"], "/keep");
+    assert_eq!(w["shadowed"][0]["layer"], 1);
+    assert_eq!(w["shadowed"][0]["shadowed_bytes"], 5);
+    let per: Vec<(u64, u64, u64)> = w["per_layer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["layer"].as_u64().unwrap(),
+                t["hidden_bytes"].as_u64().unwrap(),
+                t["shadowed_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(per, vec![(1, 1030, 5), (0, 50, 0), (2, 0, 0)]);
+    assert_eq!(w["total"]["hidden_bytes"], 1080);
+    assert_eq!(w["total"]["wasted_bytes"], 1085);
+    assert_eq!(w["total"]["whiteouts"], 2);
+    assert_eq!(w["total"]["opaque_dirs"], 1);
+
+    let mut args = vec!["history", "--json"];
+    for p in &layers {
+        args.push("--layers");
+        args.push(p.to_str().expect("utf-8 temp path"));
+    }
+    let h = json(&args, &[]);
+    let got: Vec<(u64, u64, u64, u64)> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["added"].as_u64().unwrap(),
+                l["changed"].as_u64().unwrap(),
+                l["deleted"].as_u64().unwrap(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Layer 0 adds dir/d and deletes keep; layer 1 adds dir/c, replaces
+    // keep, deletes big, dir/a and dir/b; layer 2 adds 5 entries.
+    assert_eq!(got, vec![(1, 0, 1, 40), (1, 1, 3, 80), (5, 0, 0, 1035)]);
+
+    let mut args = vec!["which", "/dir/a", "--json"];
+    for p in &layers {
+        args.push("--layers");
+        args.push(p.to_str().unwrap());
+    }
+    let r = json(&args, &[]);
+    assert_eq!(r["provider"], Value::Null);
+    let hidden: Vec<(u64, &str, &str, &str)> = r["hidden"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["layer"].as_u64().unwrap(),
+                h["path"].as_str().unwrap(),
+                h["reason"]["by"].as_str().unwrap(),
+                h["reason"]["path"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hidden,
+        vec![
+            (2, "/dir", "opaque", "/dir"),
+            (2, "/dir/a", "opaque", "/dir")
+        ]
+    );
+    args[1] = "/dir/c";
+    let r = json(&args, &[]);
+    assert_eq!(r["provider"]["layer"], 1);
+    assert_eq!(r["provider"]["size"], 30);
+    args[1] = "/dir";
+    let r = json(&args, &[]);
+    assert_eq!(r["provider"]["layer"], 0);
+    assert_eq!(r["merged_from"], serde_json::json!([0, 1]));
+
+    // The text forms run and say something.
+    let (code, out, err) = run(&["whiteouts"], &l);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("/big") && out.contains("1000"), "{out}");
+    args.retain(|a| *a != "--json");
+    let (code, out, err) = run(&args, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("from layer 0"), "{out}");
+}
+
+#[test]
+fn bad_input_is_one_line() {
+    common::require_root();
+    let dir = common::tempdir("layerfs-inspect-bad-");
+    let missing = dir.path().join("missing");
+    let (code, out, err) = run(&["whiteouts"], &[&missing]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("missing"), "{err}");
+    let a_file = dir.path().join("file");
+    fs::write(&a_file, "x").unwrap();
+    let (code, _, err) = run(&["diff", "--lower"], &[&a_file, dir.path()]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (code, _, err) = run(&["which", "/a/../b", "--layers"], &[dir.path()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a plain path"), "{err}");
+    // Nothing was changed by looking.
+    assert_eq!(fs::read(&a_file).unwrap(), b"x");
+}
+
+/// Two lower layers (top first) of a small image.
+fn lowers(root: &Path) -> Vec<PathBuf> {
+    let (l1, l2) = (root.join("l1"), root.join("l2"));
+    file(&l2, "etc/passwd", b"root:x:0:0::/root:/bin/sh\n");
+    file(&l2, "etc/hosts", b"127.0.0.1 localhost\n");
+    common::sys::lsetxattr(&l2.join("etc/hosts"), b"user.origin", b"l2").unwrap();
+    file(&l2, "usr/share/doc/readme", b"read me\n");
+    file(&l2, "usr/share/doc/sub/deep", b"deep\n");
+    file(&l2, "data/big", &[7u8; 5000]);
+    file(&l2, "srv/keep", b"keep\n");
+    file(&l2, "mod/f", b"mode\n");
+    fs::set_permissions(l2.join("mod/f"), fs::Permissions::from_mode(0o644)).unwrap();
+    file(&l2, "lone", b"one name\n");
+    symlink("etc/passwd", l2.join("link")).unwrap();
+    file(&l1, "etc/extra", b"extra\n");
+    file(&l1, "usr/share/doc/readme2", b"second\n");
+    file(&l1, "var/log/x", b"log\n");
+    vec![l1, l2]
+}
+
+#[test]
+fn container_diff_and_commit_round_trip() {
+    common::require_root();
+    let dir = common::tempdir("layerfs-inspect-commit-");
+    let root = dir.path().canonicalize().unwrap();
+    let lowers = lowers(&root);
+    let (upper, work, new) = (root.join("upper"), root.join("work"), root.join("new"));
+    for d in [&upper, &work, &new] {
+        fs::create_dir(d).unwrap();
+    }
+    let mut args: Vec<PathBuf> = Vec::new();
+    for l in &lowers {
+        args.push("--lower".into());
+        args.push(l.clone());
+    }
+    args.extend([
+        "--upper".into(),
+        upper.clone(),
+        "--work".into(),
+        work.clone(),
+    ]);
+    let before: Tree = {
+        let m = LayerfsMount::mount_args(&args);
+        let p = |r: &str| m.path().join(r);
+        file(m.path(), "new/dir/file", b"hello\n");
+        file(m.path(), "etc/newfile", b"new\n");
+        common::sys::lsetxattr(&p("etc/newfile"), b"user.note", b"\x00binary\xff").unwrap();
+        let mut passwd = fs::read(p("etc/passwd")).unwrap();
+        passwd.extend_from_slice(b"app:x:1000:1000::/home/app:/bin/sh\n");
+        fs::write(p("etc/passwd"), passwd).unwrap();
+        fs::remove_file(p("srv/keep")).unwrap();
+        fs::remove_dir_all(p("data")).unwrap();
+        fs::rename(p("usr/share/doc"), p("usr/share/docs2")).unwrap();
+        fs::hard_link(p("lone"), p("lone2")).unwrap();
+        fs::set_permissions(p("mod/f"), fs::Permissions::from_mode(0o600)).unwrap();
+        symlink("file", p("new/ln")).unwrap();
+        nix::unistd::mkfifo(
+            &p("new/fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o640),
+        )
+        .unwrap();
+        let snap = snapshot(m.path());
+        let exit = m.unmount();
+        assert!(
+            exit.status.is_some_and(|s| s.success()),
+            "daemon: {}",
+            exit.log
+        );
+        snap
+    };
+    assert!(
+        common::sys::lgetxattr(&upper.join("usr/share/docs2"), b"trusted.overlay.redirect")
+            .unwrap()
+            .is_some(),
+        "the rename should have left a redirect (the test means to cover it)"
+    );
+
+    let changes: Vec<String> = layerfs::image::inspect::diff(&upper, &lowers)
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let expected = [
+        "D /data",
+        "C /etc",
+        "A /etc/newfile",
+        "C /etc/passwd",
+        "A /lone2",
+        "C /mod",
+        "C /mod/f",
+        "A /new",
+        "A /new/dir",
+        "A /new/dir/file",
+        "A /new/fifo",
+        "A /new/ln",
+        "C /srv",
+        "D /srv/keep",
+        "C /usr",
+        "C /usr/share",
+        "D /usr/share/doc",
+        "A /usr/share/docs2",
+        "A /usr/share/docs2/readme",
+        "A /usr/share/docs2/readme2",
+        "A /usr/share/docs2/sub",
+        "A /usr/share/docs2/sub/deep",
+    ];
+    assert_eq!(changes, expected);
+    // The CLI prints the same lines.
+    let mut cli: Vec<&Path> = vec![&upper];
+    for l in &lowers {
+        cli.push(Path::new("--lower"));
+        cli.push(l);
+    }
+    let (code, out, err) = run(&["diff"], &cli);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), expected);
+
+    let tar_path = root.join("layer.tar");
+    let summary = {
+        let out = fs::File::create(&tar_path).unwrap();
+        layerfs::image::inspect::write_layer_tar(&upper, &lowers, out).unwrap()
+    };
+    assert_eq!(summary.redirected_dirs, 1, "{summary:?}");
+    assert_eq!(summary.hardlinks, 1, "{summary:?}");
+    assert_eq!(summary.whiteouts, 3, "{summary:?}");
+    let names = Command::new("tar")
+        .arg("-tf")
+        .arg(&tar_path)
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&names.stdout);
+    for want in [
+        ".wh.data",
+        "srv/.wh.keep",
+        "usr/share/.wh.doc",
+        "usr/share/docs2/.wh..wh..opq",
+        "usr/share/docs2/sub/deep",
+    ] {
+        assert!(
+            names.lines().any(|l| l == want),
+            "{want} not in tar:\n{names}"
+        );
+    }
+    assert!(!names.contains("overlay"), "{names}");
+    // The same upper gives the same bytes.
+    let mut again = Vec::new();
+    layerfs::image::inspect::write_layer_tar(&upper, &lowers, &mut again).unwrap();
+    assert_eq!(
+        again,
+        fs::read(&tar_path).unwrap(),
+        "tar is not deterministic"
+    );
+
+    let st = Command::new("tar")
+        .args([
+            "-x",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--numeric-owner",
+            "-p",
+        ])
+        .arg("-f")
+        .arg(&tar_path)
+        .arg("-C")
+        .arg(&new)
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar -x failed");
+    let mut stack = vec![new.clone()];
+    stack.extend(lowers.iter().cloned());
+    let after = {
+        let m = LayerfsMount::mount_lowers(&stack);
+        let snap = snapshot(m.path());
+        let exit = m.unmount();
+        assert!(
+            exit.status.is_some_and(|s| s.success()),
+            "daemon: {}",
+            exit.log
+        );
+        snap
+    };
+    let strip_root = |mut t: Tree| {
+        t.entries.remove(&Vec::new());
+        t
+    };
+    let opts = DiffOptions {
+        dir_sizes: false,
+        ..DiffOptions::default()
+    };
+    let problems = diff_with(&strip_root(before), &strip_root(after), &opts);
+    assert!(
+        problems.is_empty(),
+        "the committed layer shows another tree:\n{}",
+        problems.join("\n")
+    );
+}
