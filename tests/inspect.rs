@@ -3,13 +3,17 @@
 //! * `known_stack_through_the_cli`: a hand-made stack whose answers are
 //!   known exactly; `whiteouts`, `history` and `which` with `--json` must
 //!   give those numbers, and the text forms must run.
-//! * `container_diff_and_commit_round_trip`: changes made through a real
-//!   writable layerfs mount (create, modify, delete, rename of a lower
-//!   directory, which leaves a redirect, hard link of a lower file, chmod,
-//!   xattr, symlink, fifo); then `diff` must list exactly the expected
-//!   lines, and the layer tar of the upper, unpacked as a new top layer over
-//!   the same lowers and mounted read-only, must show the tree the
-//!   container showed.
+//! * `layerfs_upper_diff_and_commit`, `layerfs_oci_upper_diff_and_commit`,
+//!   `kernel_upper_diff_and_commit`: changes made through a real writable
+//!   mount (layerfs with an overlay-format upper, layerfs with
+//!   `whiteout=oci`, the kernel's overlayfs): create, modify, delete,
+//!   rename of lower directories in one directory and across (relative and
+//!   absolute redirects) and changes inside a renamed one, hard link of a
+//!   lower file, chmod, xattr, symlink, fifo. Then `diff` must list exactly
+//!   the expected lines, and the layer tar of the upper, unpacked as a new
+//!   top layer over the same lowers and mounted read-only, must show the
+//!   tree the container showed; `whiteouts` over that stack must charge
+//!   exactly the bytes the changes left hidden and shadowed.
 //! * `bad_input_is_one_line`: missing layers and bad paths.
 
 mod common;
@@ -227,8 +231,74 @@ fn lowers(root: &Path) -> Vec<PathBuf> {
     vec![l1, l2]
 }
 
-#[test]
-fn container_diff_and_commit_round_trip() {
+/// The changes a container makes, through whichever mount is at `mnt`.
+fn make_changes(mnt: &Path) {
+    let p = |r: &str| mnt.join(r);
+    file(mnt, "new/dir/file", b"hello\n");
+    file(mnt, "etc/newfile", b"new\n");
+    common::sys::lsetxattr(&p("etc/newfile"), b"user.note", b"\x00binary\xff").unwrap();
+    let mut passwd = fs::read(p("etc/passwd")).unwrap();
+    passwd.extend_from_slice(b"app:x:1000:1000::/home/app:/bin/sh\n");
+    fs::write(p("etc/passwd"), passwd).unwrap();
+    fs::remove_file(p("srv/keep")).unwrap();
+    fs::remove_dir_all(p("data")).unwrap();
+    // Same directory: a relative redirect; then changes inside it.
+    fs::rename(p("usr/share/doc"), p("usr/share/docs2")).unwrap();
+    fs::remove_file(p("usr/share/docs2/readme2")).unwrap();
+    file(mnt, "usr/share/docs2/sub/new", b"inside\n");
+    // Across directories: an absolute redirect.
+    fs::rename(p("var/log"), p("logs")).unwrap();
+    fs::hard_link(p("lone"), p("lone2")).unwrap();
+    fs::set_permissions(p("mod/f"), fs::Permissions::from_mode(0o600)).unwrap();
+    symlink("file", p("new/ln")).unwrap();
+    nix::unistd::mkfifo(
+        &p("new/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
+}
+
+const EXPECTED_DIFF: [&str; 26] = [
+    "D /data",
+    "C /etc",
+    "A /etc/newfile",
+    "C /etc/passwd",
+    "A /logs",
+    "A /logs/x",
+    "A /lone2",
+    "C /mod",
+    "C /mod/f",
+    "A /new",
+    "A /new/dir",
+    "A /new/dir/file",
+    "A /new/fifo",
+    "A /new/ln",
+    "C /srv",
+    "D /srv/keep",
+    "C /usr",
+    "C /usr/share",
+    "D /usr/share/doc",
+    "A /usr/share/docs2",
+    "A /usr/share/docs2/readme",
+    "A /usr/share/docs2/sub",
+    "A /usr/share/docs2/sub/deep",
+    "A /usr/share/docs2/sub/new",
+    "C /var",
+    "D /var/log",
+];
+
+/// Which mount makes the changes, and so which form the upper takes.
+#[derive(Clone, Copy, Debug)]
+enum Writer {
+    /// layerfs, overlay-format upper (char devices, xattrs).
+    Layerfs,
+    /// layerfs with `whiteout=oci` (`.wh.` files in the upper).
+    LayerfsOci,
+    /// The kernel's overlayfs (redirect_dir=on, index=on).
+    Kernel,
+}
+
+fn round_trip(writer: Writer) {
     common::require_root();
     let dir = common::tempdir("layerfs-inspect-commit-");
     let root = dir.path().canonicalize().unwrap();
@@ -237,83 +307,63 @@ fn container_diff_and_commit_round_trip() {
     for d in [&upper, &work, &new] {
         fs::create_dir(d).unwrap();
     }
-    let mut args: Vec<PathBuf> = Vec::new();
-    for l in &lowers {
-        args.push("--lower".into());
-        args.push(l.clone());
-    }
-    args.extend([
-        "--upper".into(),
-        upper.clone(),
-        "--work".into(),
-        work.clone(),
-    ]);
-    let before: Tree = {
-        let m = LayerfsMount::mount_args(&args);
-        let p = |r: &str| m.path().join(r);
-        file(m.path(), "new/dir/file", b"hello\n");
-        file(m.path(), "etc/newfile", b"new\n");
-        common::sys::lsetxattr(&p("etc/newfile"), b"user.note", b"\x00binary\xff").unwrap();
-        let mut passwd = fs::read(p("etc/passwd")).unwrap();
-        passwd.extend_from_slice(b"app:x:1000:1000::/home/app:/bin/sh\n");
-        fs::write(p("etc/passwd"), passwd).unwrap();
-        fs::remove_file(p("srv/keep")).unwrap();
-        fs::remove_dir_all(p("data")).unwrap();
-        fs::rename(p("usr/share/doc"), p("usr/share/docs2")).unwrap();
-        fs::hard_link(p("lone"), p("lone2")).unwrap();
-        fs::set_permissions(p("mod/f"), fs::Permissions::from_mode(0o600)).unwrap();
-        symlink("file", p("new/ln")).unwrap();
-        nix::unistd::mkfifo(
-            &p("new/fifo"),
-            nix::sys::stat::Mode::from_bits_truncate(0o640),
-        )
-        .unwrap();
-        let snap = snapshot(m.path());
-        let exit = m.unmount();
-        assert!(
-            exit.status.is_some_and(|s| s.success()),
-            "daemon: {}",
-            exit.log
-        );
-        snap
+    let before: Tree = match writer {
+        Writer::Layerfs | Writer::LayerfsOci => {
+            let mut args: Vec<PathBuf> = Vec::new();
+            for l in &lowers {
+                args.push("--lower".into());
+                args.push(l.clone());
+            }
+            args.extend([
+                "--upper".into(),
+                upper.clone(),
+                "--work".into(),
+                work.clone(),
+            ]);
+            if matches!(writer, Writer::LayerfsOci) {
+                args.extend(["-o".into(), "whiteout=oci".into()]);
+            }
+            let m = LayerfsMount::mount_args(&args);
+            make_changes(m.path());
+            let snap = snapshot(m.path());
+            let exit = m.unmount();
+            assert!(
+                exit.status.is_some_and(|s| s.success()),
+                "daemon: {}",
+                exit.log
+            );
+            snap
+        }
+        Writer::Kernel => {
+            let opts = format!(
+                "upperdir={},workdir={},redirect_dir=on,index=on",
+                common::escape_opt_path(&upper),
+                common::escape_opt_path(&work)
+            );
+            let m = common::KernelOverlay::mount(&lowers, &opts);
+            make_changes(m.path());
+            snapshot(m.path())
+        }
     };
     assert!(
-        common::sys::lgetxattr(&upper.join("usr/share/docs2"), b"trusted.overlay.redirect")
+        common::sys::lgetxattr(&upper.join("logs"), b"trusted.overlay.redirect")
             .unwrap()
             .is_some(),
-        "the rename should have left a redirect (the test means to cover it)"
+        "the renames should have left redirects (the test means to cover them)"
     );
+    if matches!(writer, Writer::LayerfsOci) {
+        assert!(
+            upper.join(".wh.data").exists(),
+            "expected OCI whiteouts in the upper"
+        );
+    }
 
     let changes: Vec<String> = layerfs::image::inspect::diff(&upper, &lowers)
         .unwrap()
         .iter()
         .map(ToString::to_string)
         .collect();
-    let expected = [
-        "D /data",
-        "C /etc",
-        "A /etc/newfile",
-        "C /etc/passwd",
-        "A /lone2",
-        "C /mod",
-        "C /mod/f",
-        "A /new",
-        "A /new/dir",
-        "A /new/dir/file",
-        "A /new/fifo",
-        "A /new/ln",
-        "C /srv",
-        "D /srv/keep",
-        "C /usr",
-        "C /usr/share",
-        "D /usr/share/doc",
-        "A /usr/share/docs2",
-        "A /usr/share/docs2/readme",
-        "A /usr/share/docs2/readme2",
-        "A /usr/share/docs2/sub",
-        "A /usr/share/docs2/sub/deep",
-    ];
-    assert_eq!(changes, expected);
+    assert_eq!(changes, EXPECTED_DIFF, "{writer:?}");
     // The CLI prints the same lines.
     let mut cli: Vec<&Path> = vec![&upper];
     for l in &lowers {
@@ -322,16 +372,15 @@ fn container_diff_and_commit_round_trip() {
     }
     let (code, out, err) = run(&["diff"], &cli);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.lines().collect::<Vec<_>>(), expected);
+    assert_eq!(out.lines().collect::<Vec<_>>(), EXPECTED_DIFF);
 
     let tar_path = root.join("layer.tar");
     let summary = {
         let out = fs::File::create(&tar_path).unwrap();
         layerfs::image::inspect::write_layer_tar(&upper, &lowers, out).unwrap()
     };
-    assert_eq!(summary.redirected_dirs, 1, "{summary:?}");
+    assert_eq!(summary.redirected_dirs, 2, "{summary:?}");
     assert_eq!(summary.hardlinks, 1, "{summary:?}");
-    assert_eq!(summary.whiteouts, 3, "{summary:?}");
     let names = Command::new("tar")
         .arg("-tf")
         .arg(&tar_path)
@@ -342,6 +391,9 @@ fn container_diff_and_commit_round_trip() {
         ".wh.data",
         "srv/.wh.keep",
         "usr/share/.wh.doc",
+        "var/.wh.log",
+        "logs/.wh..wh..opq",
+        "logs/x",
         "usr/share/docs2/.wh..wh..opq",
         "usr/share/docs2/sub/deep",
     ] {
@@ -350,6 +402,7 @@ fn container_diff_and_commit_round_trip() {
             "{want} not in tar:\n{names}"
         );
     }
+    assert!(!names.contains("readme2"), "{names}");
     assert!(!names.contains("overlay"), "{names}");
     // The same upper gives the same bytes.
     let mut again = Vec::new();
@@ -399,7 +452,32 @@ fn container_diff_and_commit_round_trip() {
     let problems = diff_with(&strip_root(before), &strip_root(after), &opts);
     assert!(
         problems.is_empty(),
-        "the committed layer shows another tree:\n{}",
+        "{writer:?}: the committed layer shows another tree:\n{}",
         problems.join("\n")
     );
+
+    // The committed layer, explained: what it hides and replaces below.
+    let report = layerfs::image::inspect::whiteouts(&stack).unwrap();
+    // data/big 5000, srv/keep 5, doc/{readme 8, readme2 7, sub/deep 5},
+    // var/log/x 4 (the renamed dirs are copies now: their old names hide).
+    assert_eq!(report.total.hidden_bytes, 5029, "{:#?}", report.whiteouts);
+    // etc/passwd 26, mod/f 5, lone 9.
+    assert_eq!(report.total.shadowed_bytes, 40, "{:#?}", report.shadowed);
+    assert_eq!(report.total.wasted_bytes, 5069);
+    assert_eq!(report.per_layer[0].layer, 0);
+}
+
+#[test]
+fn layerfs_upper_diff_and_commit() {
+    round_trip(Writer::Layerfs);
+}
+
+#[test]
+fn layerfs_oci_upper_diff_and_commit() {
+    round_trip(Writer::LayerfsOci);
+}
+
+#[test]
+fn kernel_upper_diff_and_commit() {
+    round_trip(Writer::Kernel);
 }
