@@ -343,3 +343,110 @@ fn pax_records_count_their_own_length() {
 fn tar_writer_pax_record(k: &[u8], v: &[u8]) -> Vec<u8> {
     super::tar_writer::pax_record(k, v)
 }
+
+/// Every entry of a tar: (path, type, link target, pax records, size).
+type TarEntry = (
+    Vec<u8>,
+    tar::EntryType,
+    Option<Vec<u8>>,
+    Vec<(Vec<u8>, Vec<u8>)>,
+    u64,
+);
+
+fn read_tar(bytes: &[u8]) -> Vec<TarEntry> {
+    let mut ar = tar::Archive::new(bytes);
+    let mut out = Vec::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let pax: Vec<(Vec<u8>, Vec<u8>)> = match e.pax_extensions().unwrap() {
+            Some(exts) => exts
+                .map(|x| {
+                    let x = x.unwrap();
+                    (x.key_bytes().to_vec(), x.value_bytes().to_vec())
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        out.push((
+            e.path_bytes().into_owned(),
+            e.header().entry_type(),
+            e.link_name_bytes().map(|l| l.into_owned()),
+            pax,
+            e.header().size().unwrap(),
+        ));
+    }
+    out
+}
+
+#[test]
+fn layer_tar_edge_forms() {
+    let t = tmp();
+    let (up, low) = (t.path().join("up"), t.path().join("low"));
+    dir(&low, "");
+    let long_dir = "d".repeat(120);
+    let long = format!("{long_dir}/{}", "f".repeat(120));
+    file(&up, &long, 3);
+    let target = "t".repeat(150);
+    symlink(&target, up.join("longlink")).unwrap();
+    nix::sys::stat::mknod(
+        &up.join("null"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    file(&up, "x", 1);
+    setfattr(&up.join("x"), "user.bin", "0x00ff");
+    setfattr(&up.join("x"), "trusted.overlay.origin", "0x00");
+    Command::new("touch")
+        .args(["-h", "-d", "@1577934245.123456789"])
+        .arg(up.join("x"))
+        .status()
+        .unwrap();
+    let mut bytes = Vec::new();
+    let summary = write_layer_tar(&up, std::slice::from_ref(&low), &mut bytes).unwrap();
+    assert_eq!(
+        (
+            summary.files,
+            summary.dirs,
+            summary.symlinks,
+            summary.specials
+        ),
+        (2, 1, 1, 1)
+    );
+    let entries = read_tar(&bytes);
+    let paths: Vec<String> = entries
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.0).into_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        vec![
+            long_dir.clone(),
+            long.clone(),
+            "longlink".into(),
+            "null".into(),
+            "x".into()
+        ]
+    );
+    assert_eq!(entries[1].1, tar::EntryType::Regular);
+    assert_eq!(entries[1].4, 3);
+    assert_eq!(entries[2].1, tar::EntryType::Symlink);
+    assert_eq!(entries[2].2.as_deref(), Some(target.as_bytes()));
+    assert_eq!(entries[3].1, tar::EntryType::Char);
+    let x = &entries[4];
+    assert!(
+        x.3.contains(&(b"SCHILY.xattr.user.bin".to_vec(), vec![0u8, 0xff])),
+        "{:?}",
+        x.3
+    );
+    assert!(
+        !x.3.iter()
+            .any(|(k, _)| k.windows(7).any(|w| w == b"overlay"))
+    );
+    assert!(
+        x.3.contains(&(b"mtime".to_vec(), b"1577934245.123456789".to_vec())),
+        "{:?}",
+        x.3
+    );
+}
