@@ -224,6 +224,7 @@ fn lowers(root: &Path) -> Vec<PathBuf> {
     file(&l2, "mod/f", b"mode\n");
     fs::set_permissions(l2.join("mod/f"), fs::Permissions::from_mode(0o644)).unwrap();
     file(&l2, "lone", b"one name\n");
+    file(&l2, "opq/old", b"old\n");
     symlink("etc/passwd", l2.join("link")).unwrap();
     file(&l1, "etc/extra", b"extra\n");
     file(&l1, "usr/share/doc/readme2", b"second\n");
@@ -242,6 +243,9 @@ fn make_changes(mnt: &Path) {
     fs::write(p("etc/passwd"), passwd).unwrap();
     fs::remove_file(p("srv/keep")).unwrap();
     fs::remove_dir_all(p("data")).unwrap();
+    // Removed and made again: an opaque directory.
+    fs::remove_dir_all(p("opq")).unwrap();
+    file(mnt, "opq/fresh", b"fresh\n");
     // Same directory: a relative redirect; then changes inside it.
     fs::rename(p("usr/share/doc"), p("usr/share/docs2")).unwrap();
     fs::remove_file(p("usr/share/docs2/readme2")).unwrap();
@@ -258,7 +262,7 @@ fn make_changes(mnt: &Path) {
     .unwrap();
 }
 
-const EXPECTED_DIFF: [&str; 26] = [
+const EXPECTED_DIFF: [&str; 29] = [
     "D /data",
     "C /etc",
     "A /etc/newfile",
@@ -273,6 +277,9 @@ const EXPECTED_DIFF: [&str; 26] = [
     "A /new/dir/file",
     "A /new/fifo",
     "A /new/ln",
+    "C /opq",
+    "A /opq/fresh",
+    "D /opq/old",
     "C /srv",
     "D /srv/keep",
     "C /usr",
@@ -396,6 +403,7 @@ fn round_trip(writer: Writer) {
         "logs/x",
         "usr/share/docs2/.wh..wh..opq",
         "usr/share/docs2/sub/deep",
+        "opq/.wh..wh..opq",
     ] {
         assert!(
             names.lines().any(|l| l == want),
@@ -459,11 +467,12 @@ fn round_trip(writer: Writer) {
     // The committed layer, explained: what it hides and replaces below.
     let report = layerfs::image::inspect::whiteouts(&stack).unwrap();
     // data/big 5000, srv/keep 5, doc/{readme 8, readme2 7, sub/deep 5},
-    // var/log/x 4 (the renamed dirs are copies now: their old names hide).
-    assert_eq!(report.total.hidden_bytes, 5029, "{:#?}", report.whiteouts);
+    // var/log/x 4 (the renamed dirs are copies now: their old names hide),
+    // opq/old 4.
+    assert_eq!(report.total.hidden_bytes, 5033, "{:#?}", report.whiteouts);
     // etc/passwd 26, mod/f 5, lone 9.
     assert_eq!(report.total.shadowed_bytes, 40, "{:#?}", report.shadowed);
-    assert_eq!(report.total.wasted_bytes, 5069);
+    assert_eq!(report.total.wasted_bytes, 5073);
     assert_eq!(report.per_layer[0].layer, 0);
 }
 
