@@ -253,14 +253,17 @@ impl Applier<'_> {
             rel.join(name)
                 .map_err(|e| Error::io(e, "inspect", show_path(rel)))
         };
+        // Lower names this layer removes; one it also provides is replaced.
+        let mut removed: HashSet<OsString> = HashSet::new();
         if raw.opaque && !rel.is_root() {
             let taken = std::mem::take(&mut merged.children);
             let mut hidden = Vec::new();
-            for (name, node) in &taken {
-                flatten(node, &mut hidden);
-                if !raw.children.contains_key(name) {
+            for (name, node) in taken {
+                flatten(&node, &mut hidden);
+                if !raw.children.contains_key(&name) {
                     self.changes.deleted += 1;
                 }
+                removed.insert(name);
             }
             self.pending.push(Pending {
                 layer: self.layer,
@@ -276,6 +279,7 @@ impl Applier<'_> {
                 if !raw.children.contains_key(name) {
                     self.changes.deleted += 1;
                 }
+                removed.insert(name.clone());
             }
             self.pending.push(Pending {
                 layer: self.layer,
@@ -318,6 +322,7 @@ impl Applier<'_> {
                         hidden,
                     });
                 }
+                None if removed.contains(name) => self.changes.changed += 1,
                 None => self.changes.added += 1,
             }
             let mut node = Node {

@@ -450,3 +450,46 @@ fn layer_tar_edge_forms() {
         x.3
     );
 }
+
+#[test]
+fn a_name_removed_and_provided_by_one_layer_is_changed() {
+    let t = tmp();
+    let (top, bottom) = (t.path().join("top"), t.path().join("bottom"));
+    file(&bottom, "x", 3);
+    file(&bottom, "o/a", 1);
+    file(&bottom, "o/b", 1);
+    // OCI allows a whiteout and an object of one name in one layer.
+    file(&top, ".wh.x", 0);
+    file(&top, "x/y", 4);
+    file(&top, "o/.wh..wh..opq", 0);
+    file(&top, "o/a", 2);
+    let layers = vec![top, bottom];
+    let h = history(&layers).unwrap();
+    assert_eq!(
+        (h[0].added, h[0].changed, h[0].deleted, h[0].size),
+        (1, 2, 1, 6)
+    );
+    let w = whiteouts(&layers).unwrap();
+    let got: Vec<(&str, MarkKind, u64)> = w
+        .whiteouts
+        .iter()
+        .map(|m| (m.path.as_str(), m.mark, m.hidden_bytes))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("/x", MarkKind::Whiteout, 3), ("/o", MarkKind::Opaque, 2)]
+    );
+    let r = which(&parse_path("/x/y").unwrap(), &layers).unwrap();
+    assert_eq!(r.provider.map(|p| (p.layer, p.size)), Some((0, 4)));
+    let r = which(&parse_path("/x").unwrap(), &layers).unwrap();
+    assert_eq!(
+        r.hidden
+            .iter()
+            .map(|h| h.reason.clone())
+            .collect::<Vec<_>>(),
+        vec![Some(HideReason::Whiteout {
+            layer: 0,
+            path: "/x".into()
+        })]
+    );
+}
