@@ -381,6 +381,22 @@ fn round_trip(writer: Writer) {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().collect::<Vec<_>>(), EXPECTED_DIFF);
 
+    // which over the container's layers follows the redirects.
+    let mut container = vec![upper.clone()];
+    container.extend(lowers.iter().cloned());
+    let which = |p: &str| {
+        let rel = layerfs::image::inspect::parse_path(p).unwrap();
+        let r = layerfs::image::inspect::which(&rel, &container).unwrap();
+        r.provider.map(|e| (e.layer, e.path))
+    };
+    assert_eq!(
+        which("/usr/share/docs2/sub/deep"),
+        Some((2, "/usr/share/doc/sub/deep".into()))
+    );
+    assert_eq!(which("/usr/share/docs2/readme2"), None);
+    assert_eq!(which("/logs/x"), Some((1, "/var/log/x".into())));
+    assert_eq!(which("/etc/passwd"), Some((0, "/etc/passwd".into())));
+
     let tar_path = root.join("layer.tar");
     let summary = {
         let out = fs::File::create(&tar_path).unwrap();

@@ -283,6 +283,28 @@ fn a_redirected_directory_is_moved_not_hidden() {
     let h = history(&layers).unwrap();
     assert_eq!((h[0].added, h[0].changed, h[0].deleted), (1, 0, 1));
 
+    // which follows the redirect into the layer below.
+    let r = which(&parse_path("/new/f").unwrap(), &layers).unwrap();
+    let prov = r.provider.unwrap();
+    assert_eq!(
+        (prov.layer, prov.path.as_str(), prov.size),
+        (1, "/old/f", 9)
+    );
+    let r = which(&parse_path("/new").unwrap(), &layers).unwrap();
+    assert_eq!(r.merged_from, vec![0, 1]);
+    // A relative redirect names a sibling in the lower layer.
+    setfattr(&up.join("new"), "trusted.overlay.redirect", "old");
+    let r = which(&parse_path("/new/f").unwrap(), &layers).unwrap();
+    assert_eq!(r.provider.map(|p| p.path), Some("/old/f".to_string()));
+    assert_eq!(
+        whiteouts(&layers).unwrap().total.wasted_bytes,
+        0,
+        "relative redirect"
+    );
+    setfattr(&up.join("new"), "trusted.overlay.redirect", "a/b");
+    assert!(which(&parse_path("/new/f").unwrap(), &layers).is_err());
+    setfattr(&up.join("new"), "trusted.overlay.redirect", "/old");
+
     let changes: Vec<String> = diff(&up, &[low])
         .unwrap()
         .iter()

@@ -49,8 +49,8 @@ pub struct WhichReport {
 }
 
 /// Explain `path` in the stack `dirs` (top first). For a container, pass
-/// its upper dir first (redirects of renamed directories are not
-/// followed: the report speaks of names as they lie in each layer).
+/// its upper dir first: a renamed directory's redirect is followed into
+/// the layers below it, and each entry reports its path in its own layer.
 pub fn which(path: &RelPath, dirs: &[PathBuf]) -> Result<WhichReport> {
     let layers = open_layers(dirs)?;
     let n = layers.len();
@@ -68,6 +68,9 @@ pub fn which(path: &RelPath, dirs: &[PathBuf]) -> Result<WhichReport> {
     let mut closed: Vec<Option<HideReason>> = vec![None; n];
     let mut hidden = Vec::new();
     let mut prefix = RelPath::root();
+    // Where the path lies in each layer: past a renamed directory (a
+    // redirect) the layers below it hold it under its old name.
+    let mut paths: Vec<RelPath> = vec![RelPath::root(); n];
     let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
     let comps: Vec<&[u8]> = if path.is_root() {
         Vec::new()
@@ -75,24 +78,29 @@ pub fn which(path: &RelPath, dirs: &[PathBuf]) -> Result<WhichReport> {
         bytes.split(|&b| b == b'/').collect()
     };
     for comp in comps {
-        prefix = prefix
-            .join(std::os::unix::ffi::OsStrExt::from_bytes(comp))
-            .map_err(|e| Error::io(e, "which", show_path(path)))?;
-        let shown = show_path(&prefix);
+        let name = std::os::unix::ffi::OsStrExt::from_bytes(comp);
+        let bad = |e| Error::io(e, "which", show_path(path));
+        prefix = prefix.join(name).map_err(bad)?;
+        let parents = paths.clone();
+        for (p, parent) in paths.iter_mut().zip(&parents) {
+            *p = parent.join(name).map_err(bad)?;
+        }
         // `here` hides the objects at this prefix in the layers still to
         // come; `deeper` is what then hides their content.
         let mut here: Option<HideReason> = None;
         let mut deeper: Option<HideReason> = None;
-        let mut found: Option<(usize, FileKind, u64)> = None;
+        let mut found: Option<(usize, FileKind, u64, RelPath)> = None;
         merged_from.clear();
         for j in 0..n {
+            let here_path = paths[j].clone();
+            let shown = show_path(&here_path);
             let probe = layers[j]
-                .probe(&prefix)
-                .map_err(|e| Error::io(e, "which", at(&dirs[j], &prefix)))?;
+                .probe(&here_path)
+                .map_err(|e| Error::io(e, "which", at(&dirs[j], &here_path)))?;
             let reason = closed[j].clone().or_else(|| here.clone());
             if let Some(reason) = reason {
                 if let Probe::Object { kind, stat, .. } = probe {
-                    hidden.push(entry(j, &prefix, kind, stat.size, Some(reason.clone())));
+                    hidden.push(entry(j, &here_path, kind, stat.size, Some(reason.clone())));
                 }
                 closed[j] = closed[j].clone().or_else(|| deeper.clone());
                 continue;
@@ -116,7 +124,7 @@ pub fn which(path: &RelPath, dirs: &[PathBuf]) -> Result<WhichReport> {
             };
             match found {
                 None => {
-                    found = Some((j, kind, stat.size));
+                    found = Some((j, kind, stat.size, here_path.clone()));
                     if kind == FileKind::Dir {
                         merged_from.push(j);
                     } else {
@@ -129,13 +137,13 @@ pub fn which(path: &RelPath, dirs: &[PathBuf]) -> Result<WhichReport> {
                 }
                 // Only a directory leaves `here` unset: lower directories
                 // merge into it, a lower non-directory ends the merge.
-                Some((top, _, _)) => {
+                Some((top, ..)) => {
                     if kind == FileKind::Dir {
                         merged_from.push(j);
                     } else {
                         hidden.push(entry(
                             j,
-                            &prefix,
+                            &here_path,
                             kind,
                             stat.size,
                             Some(HideReason::Shadowed { layer: top }),
@@ -146,6 +154,18 @@ pub fn which(path: &RelPath, dirs: &[PathBuf]) -> Result<WhichReport> {
                             path: shown.clone(),
                         });
                         continue;
+                    }
+                }
+            }
+            if kind == FileKind::Dir {
+                let redirect = layers[j]
+                    .redirect(&here_path)
+                    .map_err(|e| Error::io(e, "which", at(&dirs[j], &here_path)))?;
+                if let Some(target) = redirect {
+                    for k in j + 1..n {
+                        paths[k] = redirected(&parents[k], &target).ok_or_else(|| {
+                            Error::new(libc::EIO, "which", at(&dirs[j], &here_path), "bad redirect")
+                        })?;
                     }
                 }
             }
@@ -164,7 +184,7 @@ pub fn which(path: &RelPath, dirs: &[PathBuf]) -> Result<WhichReport> {
                 deeper = here.clone();
             }
         }
-        provider = found.map(|(j, kind, size)| (j, prefix.clone(), (kind, size)));
+        provider = found.map(|(j, kind, size, at)| (j, at, (kind, size)));
     }
     let provider = provider.map(|(j, rel, (kind, size))| entry(j, &rel, kind, size, None));
     if provider.as_ref().is_none_or(|p| p.kind != "dir") {
@@ -176,4 +196,16 @@ pub fn which(path: &RelPath, dirs: &[PathBuf]) -> Result<WhichReport> {
         merged_from,
         hidden,
     })
+}
+
+/// Where a redirect points, for a lower layer holding the parent at
+/// `parent`: absolute from the root, else a sibling's name.
+fn redirected(parent: &RelPath, target: &[u8]) -> Option<RelPath> {
+    match target.strip_prefix(b"/") {
+        Some(abs) => RelPath::from_bytes(abs),
+        None if !target.contains(&b'/') => parent
+            .join(std::os::unix::ffi::OsStrExt::from_bytes(target))
+            .ok(),
+        None => None,
+    }
 }
