@@ -400,7 +400,8 @@ fn round_trip(writer: Writer) {
     let tar_path = root.join("layer.tar");
     let summary = {
         let out = fs::File::create(&tar_path).unwrap();
-        layerfs::image::inspect::write_layer_tar(&upper, &lowers, out).unwrap()
+        layerfs::image::inspect::write_container_layer_tar(&upper, Some(&work), &lowers, out)
+            .unwrap()
     };
     assert_eq!(summary.redirected_dirs, 2, "{summary:?}");
     assert_eq!(summary.hardlinks, 1, "{summary:?}");
@@ -428,7 +429,8 @@ fn round_trip(writer: Writer) {
     }
     assert!(!names.contains("readme2"), "{names}");
     assert!(!names.contains("overlay"), "{names}");
-    // The same upper gives the same bytes.
+    // The same upper gives the same bytes (no lower hard-link group was
+    // changed here, so the work dir adds nothing).
     let mut again = Vec::new();
     layerfs::image::inspect::write_layer_tar(&upper, &lowers, &mut again).unwrap();
     assert_eq!(
@@ -507,12 +509,12 @@ fn kernel_upper_diff_and_commit() {
     round_trip(Writer::Kernel);
 }
 
-/// Known limit (docs/formats.md): a lower file with two names, changed
-/// through one. The container shows the change under both names (its work
-/// dir's index holds the shared copy); the layer tar holds only the name
-/// the upper has, so after a commit the other name shows the old data.
+/// A lower file with two names (one in a directory only the lower holds),
+/// changed through one: the container shows the change under both names
+/// (the shared copy lives in its work dir's hard-link index). The layer
+/// tar written with the work dir holds both names as one hard-link group;
+/// without it, only the name the upper holds.
 #[test]
-#[ignore = "fails today: the layer tar does not read the work dir's hard-link index"]
 fn lower_hard_link_group_changed_through_one_name() {
     common::require_root();
     let dir = common::tempdir("layerfs-inspect-hl-");
@@ -524,7 +526,9 @@ fn lower_hard_link_group_changed_through_one_name() {
         root.join("new"),
     );
     file(&low, "h1", b"old\n");
-    fs::hard_link(low.join("h1"), low.join("h2")).unwrap();
+    file(&low, "sub/other", b"other\n");
+    fs::create_dir(low.join("sub/deeper")).unwrap();
+    fs::hard_link(low.join("h1"), low.join("sub/deeper/h2")).unwrap();
     for d in [&upper, &work, &new] {
         fs::create_dir(d).unwrap();
     }
@@ -550,7 +554,28 @@ fn lower_hard_link_group_changed_through_one_name() {
     };
     let tar_path = root.join("layer.tar");
     let out = fs::File::create(&tar_path).unwrap();
-    layerfs::image::inspect::write_layer_tar(&upper, std::slice::from_ref(&low), out).unwrap();
+    let summary = layerfs::image::inspect::write_container_layer_tar(
+        &upper,
+        Some(&work),
+        std::slice::from_ref(&low),
+        out,
+    )
+    .unwrap();
+    assert_eq!((summary.files, summary.hardlinks), (1, 1), "{summary:?}");
+    let names = Command::new("tar")
+        .arg("-tf")
+        .arg(&tar_path)
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&names.stdout);
+    let names: Vec<&str> = names.lines().collect();
+    assert_eq!(names, ["h1", "sub", "sub/deeper", "sub/deeper/h2"]);
+    // Without the work dir only the upper's name is written.
+    let mut plain = Vec::new();
+    let summary =
+        layerfs::image::inspect::write_layer_tar(&upper, std::slice::from_ref(&low), &mut plain)
+            .unwrap();
+    assert_eq!((summary.files, summary.hardlinks), (1, 0), "{summary:?}");
     let st = Command::new("tar")
         .args([
             "-x",

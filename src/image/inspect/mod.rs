@@ -26,7 +26,7 @@ pub use analysis::{
     WhiteoutReport, history, whiteouts,
 };
 pub use diff::{Change, ChangeKind, diff};
-pub use tar_writer::{LayerTarSummary, write_layer_tar};
+pub use tar_writer::{LayerTarSummary, write_container_layer_tar, write_layer_tar};
 pub use which::{HideReason, WhichEntry, WhichReport, which};
 
 use crate::error::{Error, Result};

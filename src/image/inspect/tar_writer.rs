@@ -9,7 +9,7 @@
 //! into the tar. Order: depth-first, per directory its opaque marker,
 //! then its whiteouts, then its entries, each sorted by name.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -21,7 +21,7 @@ use super::diff::open_container;
 use super::show_path;
 use crate::error::{Error, Result};
 use crate::layers::whiteout::{OCI_OPAQUE_MARKER, OCI_WHITEOUT_PREFIX};
-use crate::layers::{FileKind, RelPath};
+use crate::layers::{FileKind, Layer, RelPath, Stat, Upper};
 use crate::union::{LayerStack, MergedDir, Resolved};
 
 /// What went into a layer tar.
@@ -54,7 +54,27 @@ pub fn write_layer_tar(
     lowers: &[PathBuf],
     out: impl Write,
 ) -> Result<LayerTarSummary> {
+    write_container_layer_tar(upper, None, lowers, out)
+}
+
+/// As [`write_layer_tar`], for a container layerfs ran with the work dir
+/// `work`: a lower file with several names changed through one of them
+/// lives in the work dir's hard-link index and shows under every name, so
+/// every such name goes into the tar, with the index copy's data, as one
+/// hard-link group with the upper's names. The work dir is only read.
+pub fn write_container_layer_tar(
+    upper: &Path,
+    work: Option<&Path>,
+    lowers: &[PathBuf],
+    out: impl Write,
+) -> Result<LayerTarSummary> {
     let view = open_container(upper, lowers)?;
+    let index = match work.map(Upper::index_path) {
+        Some(dir) if dir.is_dir() => {
+            Some(Layer::open(&dir).map_err(|e| Error::io(e, "open index", dir.display()))?)
+        }
+        _ => None,
+    };
     let stack = &view.stack;
     let root = stack
         .root()?
@@ -66,7 +86,15 @@ pub fn write_layer_tar(
         links: HashMap::new(),
         summary: LayerTarSummary::default(),
         upper: upper.to_path_buf(),
+        index: index.as_ref(),
+        wanted: HashSet::new(),
     };
+    if w.index.is_some_and(|i| {
+        i.read_dir(&RelPath::root())
+            .is_ok_and(|d| !d.entries.is_empty())
+    }) {
+        w.find_indexed(&root)?;
+    }
     w.upper_dir(&root)?;
     w.builder
         .finish()
@@ -81,6 +109,10 @@ struct TarWriter<'a, W: Write> {
     links: HashMap<(u64, u64), Vec<u8>>,
     summary: LayerTarSummary,
     upper: PathBuf,
+    /// The container's hard-link index, when its work dir was given.
+    index: Option<&'a Layer>,
+    /// Lower-only names showing an index copy, and their parents.
+    wanted: HashSet<Vec<u8>>,
 }
 
 /// `a/b` for the tar (no leading slash).
@@ -163,7 +195,16 @@ impl<W: Write> TarWriter<'_, W> {
             self.summary.whiteouts += 1;
         }
         let listing = self.stack.read_dir(dir)?;
-        let mut objects: Vec<_> = listing.entries.iter().filter(|c| c.layer == 0).collect();
+        let mut objects = Vec::new();
+        for child in &listing.entries {
+            let path = dir
+                .path
+                .join(&child.name)
+                .map_err(|e| self.err(e, "readdir", &dir.path))?;
+            if child.layer == 0 || self.wanted.contains(&tar_name(&path)) {
+                objects.push(child);
+            }
+        }
         objects.sort_by(|a, b| a.name.cmp(&b.name));
         for child in objects {
             let r = self.stack.resolve(dir, child)?;
@@ -171,6 +212,11 @@ impl<W: Write> TarWriter<'_, W> {
             let Some(sub) = &r.dir else {
                 continue;
             };
+            if child.layer != 0 {
+                // A lower-only directory on the way to an index copy.
+                self.wanted_dir(sub)?;
+                continue;
+            }
             let redirect = upper
                 .redirect(&r.upath)
                 .map_err(|e| self.err(e, "read redirect", &r.upath))?;
@@ -183,6 +229,60 @@ impl<W: Write> TarWriter<'_, W> {
                 self.full_dir(sub)?;
             } else {
                 self.upper_dir(sub)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The wanted names of a directory that only lower layers hold.
+    fn wanted_dir(&mut self, dir: &MergedDir) -> Result<()> {
+        let listing = self.stack.read_dir(dir)?;
+        let mut children = Vec::new();
+        for child in &listing.entries {
+            let path = dir
+                .path
+                .join(&child.name)
+                .map_err(|e| self.err(e, "readdir", &dir.path))?;
+            if self.wanted.contains(&tar_name(&path)) {
+                children.push(child);
+            }
+        }
+        children.sort_by(|a, b| a.name.cmp(&b.name));
+        for child in children {
+            let r = self.stack.resolve(dir, child)?;
+            self.entry(&r)?;
+            if let Some(sub) = &r.dir {
+                self.wanted_dir(sub)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The index entry showing under a lower name, if any.
+    fn index_copy(&self, r: &Resolved) -> Option<(RelPath, Stat)> {
+        let index = self.index?;
+        if r.layer == 0 || r.kind == FileKind::Dir || r.stat.nlink < 2 {
+            return None;
+        }
+        let key = Upper::index_key(&r.stat);
+        index.stat(&key).ok().map(|st| (key, st))
+    }
+
+    /// Every lower-only name that shows an index copy, with its parents.
+    fn find_indexed(&mut self, dir: &MergedDir) -> Result<()> {
+        let listing = self.stack.read_dir(dir)?;
+        for child in &listing.entries {
+            let r = self.stack.resolve(dir, child)?;
+            if let Some(sub) = &r.dir {
+                self.find_indexed(sub)?;
+            } else if r.layer != 0 && self.index_copy(&r).is_some() {
+                let mut path = r.upath.clone();
+                while !path.is_root() {
+                    if !self.wanted.insert(tar_name(&path)) {
+                        break;
+                    }
+                    path = path.split().0;
+                }
             }
         }
         Ok(())
@@ -216,8 +316,10 @@ impl<W: Write> TarWriter<'_, W> {
 
     /// One object, with its metadata, xattrs and data.
     fn entry(&mut self, r: &Resolved) -> Result<()> {
-        let layer = self.stack.layer(r.layer);
-        let st = r.stat;
+        let (layer, src, st) = match (self.index_copy(r), self.index) {
+            (Some((key, st)), Some(index)) => (index, key, st),
+            _ => (self.stack.layer(r.layer), r.path.clone(), r.stat),
+        };
         let name = tar_name(&r.upath);
         let mut header = tar::Header::new_ustar();
         header.set_mode(st.mode & 0o7777);
@@ -239,7 +341,7 @@ impl<W: Write> TarWriter<'_, W> {
             self.links.insert((st.dev, st.ino), name);
         }
         let is_dir = r.kind == FileKind::Dir;
-        let xattrs = match layer.list_xattrs(&r.path, is_dir) {
+        let xattrs = match layer.list_xattrs(&src, is_dir) {
             Ok(names) => names,
             Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Vec::new(),
             Err(e) => return Err(self.err(e, "listxattr", &r.upath)),
@@ -251,7 +353,7 @@ impl<W: Write> TarWriter<'_, W> {
         xattrs.sort();
         for xname in xattrs {
             let value = layer
-                .get_xattr(&r.path, is_dir, &xname)
+                .get_xattr(&src, is_dir, &xname)
                 .map_err(|e| self.err(e, "getxattr", &r.upath))?;
             let key = [b"SCHILY.xattr.".as_slice(), xname.as_bytes()].concat();
             pax.extend(pax_record(&key, &value));
@@ -261,7 +363,7 @@ impl<W: Write> TarWriter<'_, W> {
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(st.size);
                 let file = layer
-                    .open_file(&r.path)
+                    .open_file(&src)
                     .map_err(|e| self.err(e, "open", &r.upath))?;
                 self.summary.files += 1;
                 self.summary.bytes += st.size;
@@ -279,7 +381,7 @@ impl<W: Write> TarWriter<'_, W> {
             FileKind::Symlink => {
                 header.set_entry_type(tar::EntryType::Symlink);
                 let target = layer
-                    .readlink(&r.path)
+                    .readlink(&src)
                     .map_err(|e| self.err(e, "readlink", &r.upath))?;
                 self.summary.symlinks += 1;
                 return self.append(header, &r.upath, Some(&target), pax, io::empty());
