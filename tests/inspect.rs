@@ -576,6 +576,19 @@ fn lower_hard_link_group_changed_through_one_name() {
         layerfs::image::inspect::write_layer_tar(&upper, std::slice::from_ref(&low), &mut plain)
             .unwrap();
     assert_eq!((summary.files, summary.hardlinks), (1, 0), "{summary:?}");
+    // diff sees the change under both names only with the work dir.
+    let lines = |work: Option<&Path>| -> Vec<String> {
+        layerfs::image::inspect::diff_container(&upper, work, std::slice::from_ref(&low))
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(
+        lines(Some(&work)),
+        ["C /h1", "C /sub", "C /sub/deeper", "C /sub/deeper/h2"]
+    );
+    assert_eq!(lines(None), ["C /h1"]);
     let st = Command::new("tar")
         .args([
             "-x",

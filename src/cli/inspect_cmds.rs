@@ -45,6 +45,10 @@ pub struct DiffArgs {
     /// A lower layer; repeat it, top layer first.
     #[arg(long = "lower", value_name = "DIR")]
     pub lowers: Vec<PathBuf>,
+    /// The container's work dir (only read): lower hard-link groups
+    /// changed through one name are then shown as the container shows them.
+    #[arg(long, value_name = "DIR")]
+    pub work: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -216,7 +220,7 @@ pub fn which(args: WhichArgs) -> i32 {
 }
 
 pub fn diff(args: DiffArgs) -> i32 {
-    let changes = match inspect::diff(&args.upper, &args.lowers) {
+    let changes = match inspect::diff_container(&args.upper, args.work.as_deref(), &args.lowers) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };

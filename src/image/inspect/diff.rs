@@ -8,7 +8,7 @@
 //! is one `D`; an added directory is `A` with all its content. Only
 //! directories the upper holds are descended into.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsString;
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::index::HardLinkIndex;
 use super::show_path;
 use crate::error::{Error, Result};
 use crate::layers::{FileKind, RelPath, Stat, WhiteoutFormat};
@@ -85,18 +86,36 @@ pub(super) fn open_container(upper: &Path, lowers: &[PathBuf]) -> Result<Contain
 /// as docker sorts them (byte order, so a directory comes before what it
 /// holds).
 pub fn diff(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>> {
+    diff_container(upper, None, lowers)
+}
+
+/// As [`diff`], for a container layerfs ran with the work dir `work`
+/// (only read): lower names showing a copy from its hard-link index (a
+/// hard-linked lower file changed through another name) are compared as
+/// the container shows them.
+pub fn diff_container(
+    upper: &Path,
+    work: Option<&Path>,
+    lowers: &[PathBuf],
+) -> Result<Vec<Change>> {
     let new = open_container(upper, lowers)?;
+    let index = HardLinkIndex::open(work)?;
     let old = if lowers.is_empty() {
         None
     } else {
         Some(LayerStack::open(lowers)?)
     };
+    let new_root = dir_of(new.stack.root()?.dir)?;
     let mut differ = Differ {
         new: &new.stack,
         old: old.as_ref(),
         out: Vec::new(),
+        wanted: match &index {
+            Some(i) => i.showing_names(&new.stack, &new_root)?,
+            None => HashSet::new(),
+        },
+        index: index.as_ref(),
     };
-    let new_root = dir_of(new.stack.root()?.dir)?;
     let old_root = match &old {
         Some(o) => Some(dir_of(o.root()?.dir)?),
         None => None,
@@ -131,6 +150,9 @@ struct Differ<'a> {
     new: &'a LayerStack,
     old: Option<&'a LayerStack>,
     out: Vec<(RelPath, ChangeKind)>,
+    index: Option<&'a HardLinkIndex>,
+    /// Lower-only names showing an index copy, and their parents.
+    wanted: HashSet<Vec<u8>>,
 }
 
 impl Differ<'_> {
@@ -170,7 +192,10 @@ impl Differ<'_> {
                     self.out.push((path, ChangeKind::Deleted));
                 }
                 (Some(nc), Some(oc)) => {
-                    if same_lower && nc.layer != 0 {
+                    if same_lower
+                        && nc.layer != 0
+                        && !self.wanted.contains(path.as_os_str().as_bytes())
+                    {
                         continue;
                     }
                     let (Some(old), Some(old_dir)) = (self.old, old_dir) else {
@@ -178,7 +203,11 @@ impl Differ<'_> {
                     };
                     let rn = self.new.resolve(new_dir, nc)?;
                     let ro = old.resolve(old_dir, oc)?;
-                    let differs = stat_differs(&ro.stat, &rn.stat);
+                    let shown = self
+                        .index
+                        .and_then(|i| i.copy_of(&rn))
+                        .map_or(rn.stat, |(_, st)| st);
+                    let differs = stat_differs(&ro.stat, &shown);
                     if differs {
                         self.out.push((path.clone(), ChangeKind::Changed));
                     }

@@ -11,6 +11,7 @@
 
 mod analysis;
 mod diff;
+mod index;
 mod tar_writer;
 mod which;
 
@@ -25,7 +26,7 @@ pub use analysis::{
     HistoryReport, LayerChanges, LayerTotals, MarkKind, ShadowRecord, StackTotals, WhiteoutRecord,
     WhiteoutReport, history, whiteouts,
 };
-pub use diff::{Change, ChangeKind, diff};
+pub use diff::{Change, ChangeKind, diff, diff_container};
 pub use tar_writer::{LayerTarSummary, write_container_layer_tar, write_layer_tar};
 pub use which::{HideReason, WhichEntry, WhichReport, which};
 

@@ -18,10 +18,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::diff::open_container;
+use super::index::HardLinkIndex;
 use super::show_path;
 use crate::error::{Error, Result};
 use crate::layers::whiteout::{OCI_OPAQUE_MARKER, OCI_WHITEOUT_PREFIX};
-use crate::layers::{FileKind, Layer, RelPath, Stat, Upper};
+use crate::layers::{FileKind, RelPath};
 use crate::union::{LayerStack, MergedDir, Resolved};
 
 /// What went into a layer tar.
@@ -69,12 +70,7 @@ pub fn write_container_layer_tar(
     out: impl Write,
 ) -> Result<LayerTarSummary> {
     let view = open_container(upper, lowers)?;
-    let index = match work.map(Upper::index_path) {
-        Some(dir) if dir.is_dir() => {
-            Some(Layer::open(&dir).map_err(|e| Error::io(e, "open index", dir.display()))?)
-        }
-        _ => None,
-    };
+    let index = HardLinkIndex::open(work)?;
     let stack = &view.stack;
     let root = stack
         .root()?
@@ -89,11 +85,8 @@ pub fn write_container_layer_tar(
         index: index.as_ref(),
         wanted: HashSet::new(),
     };
-    if w.index.is_some_and(|i| {
-        i.read_dir(&RelPath::root())
-            .is_ok_and(|d| !d.entries.is_empty())
-    }) {
-        w.find_indexed(&root)?;
+    if let Some(index) = w.index {
+        w.wanted = index.showing_names(stack, &root)?;
     }
     w.upper_dir(&root)?;
     w.builder
@@ -110,7 +103,7 @@ struct TarWriter<'a, W: Write> {
     summary: LayerTarSummary,
     upper: PathBuf,
     /// The container's hard-link index, when its work dir was given.
-    index: Option<&'a Layer>,
+    index: Option<&'a HardLinkIndex>,
     /// Lower-only names showing an index copy, and their parents.
     wanted: HashSet<Vec<u8>>,
 }
@@ -258,36 +251,6 @@ impl<W: Write> TarWriter<'_, W> {
         Ok(())
     }
 
-    /// The index entry showing under a lower name, if any.
-    fn index_copy(&self, r: &Resolved) -> Option<(RelPath, Stat)> {
-        let index = self.index?;
-        if r.layer == 0 || r.kind == FileKind::Dir || r.stat.nlink < 2 {
-            return None;
-        }
-        let key = Upper::index_key(&r.stat);
-        index.stat(&key).ok().map(|st| (key, st))
-    }
-
-    /// Every lower-only name that shows an index copy, with its parents.
-    fn find_indexed(&mut self, dir: &MergedDir) -> Result<()> {
-        let listing = self.stack.read_dir(dir)?;
-        for child in &listing.entries {
-            let r = self.stack.resolve(dir, child)?;
-            if let Some(sub) = &r.dir {
-                self.find_indexed(sub)?;
-            } else if r.layer != 0 && self.index_copy(&r).is_some() {
-                let mut path = r.upath.clone();
-                while !path.is_root() {
-                    if !self.wanted.insert(tar_name(&path)) {
-                        break;
-                    }
-                    path = path.split().0;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// A directory written whole, as the container shows it.
     fn full_dir(&mut self, dir: &MergedDir) -> Result<()> {
         let listing = self.stack.read_dir(dir)?;
@@ -316,9 +279,10 @@ impl<W: Write> TarWriter<'_, W> {
 
     /// One object, with its metadata, xattrs and data.
     fn entry(&mut self, r: &Resolved) -> Result<()> {
-        let (layer, src, st) = match (self.index_copy(r), self.index) {
-            (Some((key, st)), Some(index)) => (index, key, st),
-            _ => (self.stack.layer(r.layer), r.path.clone(), r.stat),
+        let copy = self.index.and_then(|i| Some((i.layer(), i.copy_of(r)?)));
+        let (layer, src, st) = match copy {
+            Some((index, (key, st))) => (index, key, st),
+            None => (self.stack.layer(r.layer), r.path.clone(), r.stat),
         };
         let name = tar_name(&r.upath);
         let mut header = tar::Header::new_ustar();
