@@ -4,6 +4,7 @@
 
 mod daemon;
 mod image_cmds;
+mod inspect_cmds;
 pub mod options;
 
 use std::ffi::OsString;
@@ -48,6 +49,14 @@ enum Command {
     Rm(image_cmds::RmArgs),
     /// Write an image from the store as an OCI or docker archive.
     Export(image_cmds::ExportArgs),
+    /// Every whiteout and opaque dir of a stack of layers, what it hides, and the bytes.
+    Whiteouts(inspect_cmds::WhiteoutsArgs),
+    /// Per-layer counts of added, changed and deleted entries.
+    History(inspect_cmds::HistoryArgs),
+    /// Which layer provides a path, and what it hides.
+    Which(inspect_cmds::WhichArgs),
+    /// A container layer's changes, as `docker diff` prints them.
+    Diff(inspect_cmds::DiffArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -127,6 +136,10 @@ pub fn main() -> i32 {
         Command::Containers(args) => image_cmds::run_containers(args),
         Command::Rm(args) => image_cmds::run_rm(args),
         Command::Export(args) => image_cmds::run_export(args),
+        Command::Whiteouts(args) => inspect_cmds::whiteouts(args),
+        Command::History(args) => inspect_cmds::history(args),
+        Command::Which(args) => inspect_cmds::which(args),
+        Command::Diff(args) => inspect_cmds::diff(args),
     }
 }
 

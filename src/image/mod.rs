@@ -9,12 +9,12 @@ pub mod containers;
 pub mod digest;
 pub mod export;
 pub mod import;
+pub mod inspect;
 pub mod layer_add;
 pub mod progress;
 pub mod spec;
 pub mod store;
 pub mod unpack;
-// pub mod inspect;  (added at merge)
 
 pub use containers::{Container, ContainerRecord, MountRecord, MountRecordGuard};
 pub use digest::Digest;

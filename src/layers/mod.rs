@@ -141,6 +141,24 @@ pub enum DirLookup {
     Absent,
 }
 
+/// What one path is in one layer, for explaining a stack path by path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Nothing there (or its parent is no directory in this layer).
+    Absent,
+    /// A whiteout (any dialect) and no object of the same name.
+    Whiteout,
+    Object {
+        kind: FileKind,
+        stat: Stat,
+        /// A directory marked opaque (by xattr or OCI marker).
+        opaque: bool,
+        /// An OCI `.wh.NAME` sits beside the object: names below are
+        /// hidden even though this layer shows its own object.
+        whiteout_too: bool,
+    },
+}
+
 /// One entry of one directory of one layer, classified.
 #[derive(Debug, Clone)]
 pub struct RawEntry {
@@ -305,6 +323,61 @@ impl Layer {
                 };
                 DirLookup::Dir { opaque, redirect }
             }
+        }
+    }
+
+    /// What `rel` is in this layer: a whiteout, an object (with its stat
+    /// and opaque mark), or absent. Never follows a symlink.
+    pub fn probe(&self, rel: &RelPath) -> io::Result<Probe> {
+        let absent = |e: &io::Error| {
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
+            )
+        };
+        if rel.is_root() {
+            let stat = self.stat(rel)?;
+            return Ok(Probe::Object {
+                kind: FileKind::Dir,
+                stat,
+                opaque: false,
+                whiteout_too: false,
+            });
+        }
+        let (parent, name) = rel.split();
+        let pfd = match self.open_dir(&parent) {
+            Ok(fd) => fd,
+            Err(e) if absent(&e) => return Ok(Probe::Absent),
+            Err(e) => return Err(e),
+        };
+        let cname = CString::new(name.as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let mut wh = whiteout::OCI_WHITEOUT_PREFIX.to_vec();
+        wh.extend_from_slice(name.as_bytes());
+        let wh = CString::new(wh).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let oci_whiteout = self.oci_names && sys::fstatat_nofollow(pfd.as_fd(), &wh).is_ok();
+        let stat = match sys::fstatat_nofollow(pfd.as_fd(), &cname) {
+            Ok(st) => st,
+            Err(e) if absent(&e) => {
+                return Ok(if oci_whiteout {
+                    Probe::Whiteout
+                } else {
+                    Probe::Absent
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let marks = whiteout::dir_marks(pfd.as_fd())?;
+        match whiteout::classify(pfd.as_fd(), &cname, None, marks, self.oci_names)? {
+            whiteout::Classified::Whiteout(_) => Ok(Probe::Whiteout),
+            whiteout::Classified::OpaqueMarker | whiteout::Classified::Hidden => Ok(Probe::Absent),
+            whiteout::Classified::Object(kind) => Ok(Probe::Object {
+                kind,
+                stat,
+                opaque: kind == FileKind::Dir
+                    && matches!(self.lookup_dir(rel), DirLookup::Dir { opaque: true, .. }),
+                whiteout_too: oci_whiteout,
+            }),
         }
     }
 

@@ -122,7 +122,7 @@ impl Upper {
                 return Err(e);
             }
         }
-        let index_path = work_dir.join(OsStr::from_bytes(INDEX_SUBDIR.to_bytes()));
+        let index_path = Upper::index_path(work_dir);
         let index = Layer::open(&index_path)?;
         let mut origins = std::collections::HashMap::new();
         for entry in std::fs::read_dir(&index_path)? {
@@ -174,6 +174,14 @@ impl Upper {
             durable,
             counter: AtomicU64::new(0),
         })
+    }
+
+    /// Where the hard-link index of the work dir `work_dir` lives: a
+    /// directory of entries named by [`Upper::index_key`], each the shared
+    /// upper copy of one hard-linked lower inode. Readable with
+    /// [`Layer::open`] without opening (and so changing) the work dir.
+    pub fn index_path(work_dir: &Path) -> std::path::PathBuf {
+        work_dir.join(OsStr::from_bytes(INDEX_SUBDIR.to_bytes()))
     }
 
     pub fn format(&self) -> WhiteoutFormat {
