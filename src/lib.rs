@@ -5,4 +5,5 @@ pub mod cli;
 pub mod error;
 pub mod fs;
 pub mod layers;
+pub mod runtime;
 pub mod union;

@@ -4,6 +4,7 @@
 
 mod daemon;
 pub mod options;
+mod run_cmd;
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -35,6 +36,8 @@ enum Command {
     Mount(MountArgs),
     /// Unmount a layerfs mount.
     Umount(UmountArgs),
+    /// Run a command in a container.
+    Run(run_cmd::RunArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +95,10 @@ pub fn main() -> i32 {
             }
         };
     }
+    // The container's first process, started by `layerfs run`.
+    if args.get(1).is_some_and(|a| a == "__init") {
+        return crate::runtime::init_main();
+    }
     let cli = Cli::parse();
     // A detached daemon's stderr ends up in a log file: no colour codes.
     let attached = !matches!(&cli.command, Command::Mount(m) if !m.foreground);
@@ -99,6 +106,7 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Mount(args) => run_mount(args),
         Command::Umount(args) => run_umount(args),
+        Command::Run(args) => run_cmd::run(args),
     }
 }
 

@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-pub use sys::Stat;
+pub use sys::{Stat, spawn_in_namespaces};
 pub use upper::{NewObject, Upper, WhiteoutFormat};
 pub use whiteout::{DirMarks, FileKind, RawKind};
 

@@ -222,3 +222,30 @@ pub fn fget_xattr_opt(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<Vec<
         Err(e) => Err(e),
     }
 }
+
+/// Start the program at `path` as the first process of new namespaces
+/// (`flags`: CLONE_NEW*), with SIGCHLD to the caller when it ends. nix's
+/// clone is unsafe because the child shares nothing but must not touch
+/// locks another thread held; it only calls execve here, with everything
+/// built beforehand. Returns the child's pid.
+pub fn spawn_in_namespaces(
+    path: &CStr,
+    argv: &[CString],
+    env: &[CString],
+    flags: nix::sched::CloneFlags,
+) -> io::Result<nix::unistd::Pid> {
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+    let mut stack = vec![0u8; 256 * 1024];
+    let child = Box::new(|| {
+        // SAFETY: pointers into arrays that live until this call returns;
+        // execve only returns on failure.
+        unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr()) };
+        127
+    });
+    // SAFETY: the child only calls execve (no allocation, no locks).
+    unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
+        .map_err(io::Error::from)
+}
