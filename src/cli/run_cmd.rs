@@ -16,6 +16,9 @@ pub struct RunArgs {
     /// Keep stdin open (otherwise the command reads /dev/null).
     #[arg(short, long)]
     pub interactive: bool,
+    /// Give the command a pseudo-terminal (raw mode, window size).
+    #[arg(short, long)]
+    pub tty: bool,
     /// The container's hostname.
     #[arg(long)]
     pub hostname: Option<String>,
@@ -131,6 +134,8 @@ pub fn build_spec(
         },
         read_only: args.read_only,
         interactive: args.interactive,
+        tty: args.tty,
+        console_socket: None,
     })
 }
 

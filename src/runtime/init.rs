@@ -106,6 +106,9 @@ fn prepare(spec: &RunSpec) -> io::Result<Ready> {
     let root = Root::open(&spec.rootfs)?;
     mount_kernel_filesystems(&root)?;
     mount_dev(&root)?;
+    if spec.tty {
+        root.ensure("/dev/console", Target::File)?;
+    }
     for (file, source) in [
         ("/etc/hostname", &spec.etc_hostname),
         ("/etc/hosts", &spec.etc_hosts),
@@ -152,6 +155,9 @@ fn prepare(spec: &RunSpec) -> io::Result<Ready> {
     }
     nix::unistd::sethostname(&spec.hostname).map_err(|e| context(e, "sethostname"))?;
     pivot_into(&spec.rootfs)?;
+    if let (true, Some(socket)) = (spec.tty, spec.console_socket) {
+        super::tty::attach_console(socket)?;
+    }
     let user = Identity::resolve(
         &spec.user,
         &std::fs::read_to_string("/etc/passwd").unwrap_or_default(),
@@ -353,6 +359,7 @@ fn exec(spec: &RunSpec, ready: Ready) -> i32 {
         return EXIT_RUNTIME_FAILED;
     }
     if !spec.interactive
+        && !spec.tty
         && let Err(e) = stdin_from_null()
     {
         eprintln!("layerfs: run: {e}");

@@ -13,10 +13,12 @@
 mod init;
 mod rootfs;
 mod spec;
+mod tty;
 mod user;
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 
 use nix::sched::CloneFlags;
@@ -57,7 +59,15 @@ fn monitored_signals() -> SigSet {
 /// Run the container described by `spec` and wait for it. Returns its exit
 /// status: its own code, or 128+N when signal N killed it.
 pub fn run(spec: &RunSpec) -> io::Result<i32> {
-    let json = serde_json::to_string(spec).map_err(io::Error::other)?;
+    let mut spec = spec.clone();
+    let console = if spec.tty {
+        let (mine, theirs) = tty::console_socket()?;
+        spec.console_socket = Some(theirs.as_raw_fd());
+        Some((mine, theirs))
+    } else {
+        None
+    };
+    let json = serde_json::to_string(&spec).map_err(io::Error::other)?;
     let exe = CString::new("/proc/self/exe").map_err(io::Error::other)?;
     let argv = [
         CString::new("layerfs").map_err(io::Error::other)?,
@@ -82,18 +92,39 @@ pub fn run(spec: &RunSpec) -> io::Result<i32> {
     }
     // Blocked before the child exists, so no signal is lost in between;
     // the child unblocks them before it execs the command.
-    let signals = monitored_signals();
+    let mut signals = monitored_signals();
+    if spec.tty {
+        signals.add(Signal::SIGWINCH);
+    }
     signals.thread_block().map_err(io::Error::from)?;
-    let child = spawn_in_namespaces(&exe, &argv, &env, flags);
-    let status = child.and_then(|pid| monitor(pid, &signals));
+    let status = spawn_in_namespaces(&exe, &argv, &env, flags).and_then(|pid| {
+        let terminal = match console {
+            Some((mine, theirs)) => {
+                drop(theirs);
+                tty::Console::receive(mine, spec.interactive)?
+            }
+            None => None,
+        };
+        let status = monitor(pid, &signals, terminal.as_ref());
+        if let Some(t) = terminal {
+            t.finish();
+        }
+        status
+    });
     let _ = signals.thread_unblock();
     status
 }
 
 /// Forward signals to `pid` until it ends; its exit status.
-fn monitor(pid: Pid, signals: &SigSet) -> io::Result<i32> {
+fn monitor(pid: Pid, signals: &SigSet, terminal: Option<&tty::Console>) -> io::Result<i32> {
     loop {
         let sig = signals.wait().map_err(io::Error::from)?;
+        if sig == Signal::SIGWINCH {
+            if let Some(t) = terminal {
+                t.resize();
+            }
+            continue;
+        }
         if sig != Signal::SIGCHLD {
             // The container may be gone already: nothing to forward to.
             let _ = kill(pid, sig);

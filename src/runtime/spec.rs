@@ -88,6 +88,10 @@ pub struct RunSpec {
     pub read_only: bool,
     /// stdin passed on (`-i`); otherwise /dev/null.
     pub interactive: bool,
+    /// `-t`: a pseudo-terminal, its master sent over this inherited unix
+    /// socket (set by the monitor).
+    pub tty: bool,
+    pub console_socket: Option<i32>,
 }
 
 /// The process a container runs: the image's defaults with the user's
