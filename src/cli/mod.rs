@@ -63,6 +63,10 @@ struct MountArgs {
     /// Where the detached daemon writes its log (default: nowhere).
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
+    /// Unmount when the process that started this one ends (`layerfs run`
+    /// keeps its container's root this way, also if it is killed).
+    #[arg(long, hide = true)]
+    exit_with_parent: bool,
     /// Where to mount.
     mountpoint: PathBuf,
 }
@@ -153,11 +157,22 @@ fn helper_args(args: &[OsString]) -> Result<MountArgs, String> {
         foreground: false,
         threads: 4,
         log_file: None,
+        exit_with_parent: false,
         mountpoint,
     })
 }
 
 fn run_mount(args: MountArgs) -> i32 {
+    if args.exit_with_parent {
+        // SIGTERM is one of the daemon's stop signals: it unmounts.
+        let parent = nix::unistd::getppid();
+        if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).is_err()
+            || parent.as_raw() == 1
+        {
+            eprintln!("layerfs: mount: the parent process is gone");
+            return 1;
+        }
+    }
     let spec = if args.lowers.is_empty() && args.upper.is_none() && args.work.is_none() {
         options::parse_mount_options(&args.options)
     } else {

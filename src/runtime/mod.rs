@@ -11,6 +11,7 @@
 //! the root was mounted: `cli/` does that.
 
 mod init;
+pub mod initlayer;
 mod rootfs;
 mod spec;
 mod tty;
