@@ -6,4 +6,5 @@ pub mod error;
 pub mod fs;
 pub mod image;
 pub mod layers;
+pub mod runtime;
 pub mod union;

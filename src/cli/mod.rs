@@ -6,6 +6,7 @@ mod daemon;
 mod image_cmds;
 mod inspect_cmds;
 pub mod options;
+mod run_cmd;
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -57,6 +58,8 @@ enum Command {
     Which(inspect_cmds::WhichArgs),
     /// A container layer's changes, as `docker diff` prints them.
     Diff(inspect_cmds::DiffArgs),
+    /// Run a command in a container.
+    Run(run_cmd::RunArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -91,6 +94,10 @@ struct MountArgs {
     /// The image store (with --image).
     #[arg(long, value_name = "DIR")]
     store: Option<PathBuf>,
+    /// Unmount when the process that started this one ends (`layerfs run`
+    /// keeps its container's root this way, also if it is killed).
+    #[arg(long, hide = true)]
+    exit_with_parent: bool,
     /// Where to mount.
     mountpoint: PathBuf,
 }
@@ -123,6 +130,10 @@ pub fn main() -> i32 {
             }
         };
     }
+    // The container's first process, started by `layerfs run`.
+    if args.get(1).is_some_and(|a| a == "__init") {
+        return crate::runtime::init_main();
+    }
     let cli = Cli::parse();
     // A detached daemon's stderr ends up in a log file: no colour codes.
     let attached = !matches!(&cli.command, Command::Mount(m) if !m.foreground);
@@ -140,6 +151,7 @@ pub fn main() -> i32 {
         Command::History(args) => inspect_cmds::history(args),
         Command::Which(args) => inspect_cmds::which(args),
         Command::Diff(args) => inspect_cmds::diff(args),
+        Command::Run(args) => run_cmd::run(args),
     }
 }
 
@@ -189,11 +201,22 @@ fn helper_args(args: &[OsString]) -> Result<MountArgs, String> {
         image: None,
         container: None,
         store: None,
+        exit_with_parent: false,
         mountpoint,
     })
 }
 
 fn run_mount(args: MountArgs) -> i32 {
+    if args.exit_with_parent {
+        // SIGTERM is one of the daemon's stop signals: it unmounts.
+        let parent = nix::unistd::getppid();
+        if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).is_err()
+            || parent.as_raw() == 1
+        {
+            eprintln!("layerfs: mount: the parent process is gone");
+            return 1;
+        }
+    }
     if args.image.is_some() {
         return image_cmds::run_image_mount(args);
     }

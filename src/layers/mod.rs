@@ -12,7 +12,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-pub use sys::Stat;
+pub use sys::{
+    Stat, receive_fd, send_fd, set_window_size, spawn_in_namespaces, take_inherited_fd, window_size,
+};
 pub use upper::{NewObject, Upper, WhiteoutFormat};
 pub use whiteout::{DirMarks, FileKind, RawKind};
 

@@ -280,3 +280,101 @@ pub fn set_xattr(target: XattrTarget<'_>, name: &CStr, value: &[u8]) -> io::Resu
     })
     .map(drop)
 }
+
+/// Start the program at `path` as the first process of new namespaces
+/// (`flags`: CLONE_NEW*), with SIGCHLD to the caller when it ends. nix's
+/// clone is unsafe because the child shares nothing but must not touch
+/// locks another thread held; it only calls execve here, with everything
+/// built beforehand. Returns the child's pid.
+pub fn spawn_in_namespaces(
+    path: &CStr,
+    argv: &[CString],
+    env: &[CString],
+    flags: nix::sched::CloneFlags,
+) -> io::Result<nix::unistd::Pid> {
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+    let mut stack = vec![0u8; 256 * 1024];
+    let child = Box::new(|| {
+        // SAFETY: pointers into arrays that live until this call returns;
+        // execve only returns on failure.
+        unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr()) };
+        127
+    });
+    // SAFETY: the child only calls execve (no allocation, no locks).
+    unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
+        .map_err(io::Error::from)
+}
+
+nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, libc::winsize);
+nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, libc::winsize);
+
+/// The window size of the terminal `fd`.
+pub fn window_size(fd: BorrowedFd<'_>) -> io::Result<libc::winsize> {
+    // SAFETY: winsize is plain old data; the ioctl fills it.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd and a pointer to a winsize we own.
+    unsafe { tiocgwinsz(fd.as_raw_fd(), &mut ws) }.map_err(io::Error::from)?;
+    Ok(ws)
+}
+
+/// Give the terminal `fd` this window size (its foreground group gets
+/// SIGWINCH).
+pub fn set_window_size(fd: BorrowedFd<'_>, ws: &libc::winsize) -> io::Result<()> {
+    // SAFETY: a valid fd and a pointer to a winsize we own.
+    unsafe { tiocswinsz(fd.as_raw_fd(), ws) }.map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// Send `fd` over the unix socket `sock` (SCM_RIGHTS).
+pub fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+    let fds = [fd.as_raw_fd()];
+    let iov = [io::IoSlice::new(b"fd")];
+    sendmsg::<UnixAddr>(
+        sock.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// Receive one fd sent with [`send_fd`]; None when the peer closed the
+/// socket without sending one.
+pub fn receive_fd(sock: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
+    let mut buf = [0u8; 2];
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<UnixAddr>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg
+            && let Some(&raw) = fds.first()
+        {
+            // SAFETY: the kernel just installed this fd for us.
+            return Ok(Some(unsafe { OwnedFd::from_raw_fd(raw) }));
+        }
+    }
+    Ok(None)
+}
+
+/// Own an fd this process inherited by number (named in a spec passed by
+/// its parent), after checking that it is open.
+pub fn take_inherited_fd(fd: std::os::fd::RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the fd's flags; it fails on a closed fd.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: open (checked above), and nothing else in this process owns
+    // it: it was inherited across exec for this one use.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -255,6 +255,23 @@ impl LayerStack {
         })
     }
 
+    /// What the union shows at `path` (components separated by `/`,
+    /// symlinks not followed), or None.
+    pub fn lookup_path(&self, path: &str) -> Result<Option<Resolved>> {
+        let mut here = self.root()?;
+        for name in path.split('/').filter(|c| !c.is_empty()) {
+            let Some(dir) = here.dir.as_ref() else {
+                return Ok(None);
+            };
+            let listing = self.read_dir(dir)?;
+            let Some(child) = listing.get(OsStr::new(name)) else {
+                return Ok(None);
+            };
+            here = self.resolve(dir, child)?;
+        }
+        Ok(Some(here))
+    }
+
     /// Read and merge a directory across its layers.
     pub fn read_dir(&self, dir: &MergedDir) -> Result<Listing> {
         let mut listing = Listing::default();
