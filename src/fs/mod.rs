@@ -1,6 +1,7 @@
 //! The FUSE glue: maps fuser requests onto the union engine and its errors
 //! onto errnos. Inode and handle tables, TTLs and passthrough live here.
 
+mod fusermount;
 pub mod mount;
 mod nodes;
 pub mod view;
