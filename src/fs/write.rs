@@ -444,15 +444,26 @@ impl LayerFs {
         if self.view.is_identity() {
             return Ok(change);
         }
-        if self.view.ignores_chown() {
-            change.uid = None;
-            change.gid = None;
-        }
         let (uid, gid) = self
             .view
             .stored_ids(change.uid.unwrap_or(0), change.gid.unwrap_or(0));
         change.uid = change.uid.map(|_| uid);
         change.gid = change.gid.map(|_| gid);
+        if self.view.ignores_chown() && (change.uid.is_some() || change.gid.is_some()) {
+            // As fuse-overlayfs: the owner is still stored where it can be,
+            // but every owner shows as the squashed one, so a refusal
+            // (rootless) is no error.
+            let owner = AttrChange {
+                uid: change.uid.take(),
+                gid: change.gid.take(),
+                ..AttrChange::default()
+            };
+            if self.view.upper_override().is_none()
+                && let Err(e) = self.stack.set_attr(obj, &owner)
+            {
+                tracing::debug!(%e, "chown under squash_to_*: ignored");
+            }
+        }
         let Some(xname) = self.view.upper_override() else {
             return Ok(change);
         };
