@@ -4,6 +4,7 @@
 
 pub mod compat;
 mod daemon;
+mod logging;
 pub mod options;
 
 use std::ffi::OsString;
@@ -132,19 +133,16 @@ fn init_logging(verbose: u8, ansi: bool) {
         2 => "debug",
         _ => "trace",
     };
-    // fuser reports a reply to a request the kernel already dropped (an
-    // interrupted call) as an error; that is routine, shown only from -vv.
-    let default = if verbose < 2 {
-        format!("{default},fuser::reply=off")
-    } else {
-        default.to_string()
-    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
+        .event_format(logging::DemoteDroppedReplies {
+            inner: tracing_subscriber::fmt::format().with_ansi(ansi),
+            debug: verbose >= 2,
+        })
         .try_init();
 }
 
