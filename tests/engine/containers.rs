@@ -4,7 +4,7 @@
 //! changes and `.wh.` whiteouts), and the committed image run by podman.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -20,6 +20,11 @@ struct Engine {
 
 impl Engine {
     fn new(root: &Path) -> Engine {
+        Engine::with_overlay_options(root, "")
+    }
+
+    /// `extra` goes into `[storage.options.overlay]`.
+    fn with_overlay_options(root: &Path, extra: &str) -> Engine {
         // A copy of the binary, so the store names a path only it uses.
         let bin = root.join("layerfs");
         fs::copy(layerfs_bin(), &bin).expect("copying layerfs");
@@ -28,9 +33,10 @@ impl Engine {
             &conf,
             format!(
                 "[storage]\ndriver = \"overlay\"\ngraphroot = \"{0}/graph\"\nrunroot = \"{0}/run\"\n\
-                 [storage.options.overlay]\nmount_program = \"{1}\"\n",
+                 [storage.options.overlay]\nmount_program = \"{1}\"\n{2}\n",
                 root.display(),
-                bin.display()
+                bin.display(),
+                extra
             ),
         )
         .unwrap();
@@ -290,4 +296,57 @@ fn buildah_uidmap_shows_what_fuse_overlayfs_shows() {
     assert_eq!(seen[0], seen[1], "layerfs and fuse-overlayfs disagree");
     // And on disk the upper keeps container ids.
     assert!(seen[0].get("etc/new").is_some_and(|o| o.0 == 100000));
+}
+
+#[test]
+fn force_mask_owners_and_modes_come_from_override_xattrs() {
+    require_root();
+    let _serial = serial();
+    become_subreaper();
+    let tmp = tempdir("layerfs-engine-mask-");
+    for d in ["tmp", "libpod", "base"] {
+        fs::create_dir_all(tmp.path().join(d)).unwrap();
+    }
+    let engine = Engine::with_overlay_options(tmp.path(), "force_mask = \"shared\"");
+    base_tree(&tmp.path().join("base"));
+    let secret = tmp.path().join("base/etc/secret");
+    fs::write(&secret, "s\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let ctr = stdout(&run(engine.buildah().args(["from", "scratch"])));
+    run(engine
+        .buildah()
+        .args(["copy", "--chown", "7:8", &ctr])
+        .arg(tmp.path().join("base"))
+        .arg("/"));
+    run(engine
+        .buildah()
+        .args(["commit", "-q", &ctr, "layerfs-test-mask:1"]));
+    let ctr = stdout(&run(engine.buildah().args(["from", "layerfs-test-mask:1"])));
+    let out = run(engine.buildah().args([
+        "run",
+        "--runtime",
+        "runc",
+        &ctr,
+        "--",
+        "sh",
+        "-c",
+        "stat -c '%u:%g %a %n' /etc/secret; echo n > /new; chmod 640 /new; \
+         busybox chown 9:10 /new; stat -c '%u:%g %a %n' /new",
+    ]));
+    // Not the 0755 root:root that force_mask leaves on the inodes.
+    assert_eq!(stdout(&out), "7:8 600 /etc/secret\n9:10 640 /new");
+    // On disk: the masked inode and the xattr that holds the truth.
+    let mnt = PathBuf::from(stdout(&run(engine.buildah().args(["mount", &ctr]))));
+    let diff = mnt.parent().unwrap().join("diff");
+    let new = fs::symlink_metadata(diff.join("new")).unwrap();
+    // Created 0644 (umask 022), owned by the daemon; chmod and chown
+    // went to the xattr only.
+    assert_eq!((new.uid(), new.mode() & 0o777), (0, 0o644));
+    let value = Command::new("getfattr")
+        .args(["--only-values", "-n", "user.containers.override_stat"])
+        .arg(diff.join("new"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&value.stdout), "9:10:0640:file");
+    run(engine.buildah().args(["umount", &ctr]));
 }
