@@ -179,26 +179,12 @@ pub fn mark_layer_root(layer: &Layer, name: OverrideXattr) -> io::Result<()> {
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // The root fd is O_PATH, which xattr calls do not take.
     let dir = layer.open_dir(&RelPath::root())?;
-    // SAFETY: a valid directory fd, C string and buffer.
-    let r = unsafe {
-        libc::fsetxattr(
-            std::os::fd::AsRawFd::as_raw_fd(&dir),
-            cname.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    super::sys::set_xattr(
+        super::sys::XattrTarget::Fd(std::os::fd::AsFd::as_fd(&dir)),
+        &cname,
+        value.as_bytes(),
+    )?;
     Ok(())
-}
-
-/// Whether an error from writing an override means "this filesystem keeps
-/// no such xattr" rather than a real failure.
-pub fn unsupported(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOTSUP))
 }
 
 #[cfg(test)]

@@ -24,17 +24,12 @@ pub fn probe_upper(work_dir: &Path) -> io::Result<UpperAbilities> {
     std::fs::File::create(&file)?;
     let path = CString::new(file.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: valid C strings; the value is one byte.
-    let set = unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            c"trusted.overlay.probe".as_ptr(),
-            b"y".as_ptr().cast(),
-            1,
-            0,
-        )
-    };
-    let trusted_xattrs = set == 0;
+    let trusted_xattrs = super::sys::set_xattr(
+        super::sys::XattrTarget::Path(&path),
+        c"trusted.overlay.probe",
+        b"y",
+    )
+    .is_ok();
     std::fs::remove_file(&file)?;
     let dev = work_dir.join(format!("{name}-wh"));
     let made = nix::sys::stat::mknod(

@@ -222,3 +222,19 @@ pub fn fget_xattr_opt(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<Vec<
         Err(e) => Err(e),
     }
 }
+
+/// Set an xattr, creating or replacing it.
+pub fn set_xattr(target: XattrTarget<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
+    let (ptr, len) = (value.as_ptr().cast(), value.len());
+    // SAFETY: valid fd or C string, C string name, buffer valid for len bytes.
+    let r = match target {
+        XattrTarget::Fd(fd) => unsafe {
+            libc::fsetxattr(fd.as_raw_fd(), name.as_ptr(), ptr, len, 0)
+        },
+        XattrTarget::Path(p) => unsafe { libc::lsetxattr(p.as_ptr(), name.as_ptr(), ptr, len, 0) },
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
