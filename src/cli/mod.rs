@@ -2,9 +2,11 @@
 //! subcommand. Also the `mount.fuse.layerfs` helper form used by mount(8)
 //! and /etc/fstab.
 
+pub mod compat;
 mod daemon;
 mod image_cmds;
 mod inspect_cmds;
+mod logging;
 pub mod options;
 mod run_cmd;
 
@@ -134,6 +136,32 @@ pub fn main() -> i32 {
     if args.get(1).is_some_and(|a| a == "__init") {
         return crate::runtime::init_main();
     }
+    // fuse-overlayfs's form, as container engines run their mount_program.
+    if compat::is_engine_form(&args[1..]) {
+        return match compat::engine_args(&args[1..]) {
+            Ok(c) => {
+                init_logging(if c.debug { 2 } else { 0 }, false);
+                run_mount(MountArgs {
+                    options: c.options,
+                    lowers: Vec::new(),
+                    upper: None,
+                    work: None,
+                    foreground: c.foreground,
+                    threads: 4,
+                    log_file: None,
+                    image: None,
+                    container: None,
+                    store: None,
+                    exit_with_parent: false,
+                    mountpoint: c.mountpoint,
+                })
+            }
+            Err(msg) => {
+                eprintln!("layerfs: {msg}");
+                1
+            }
+        };
+    }
     let cli = Cli::parse();
     // A detached daemon's stderr ends up in a log file: no colour codes.
     let attached = !matches!(&cli.command, Command::Mount(m) if !m.foreground);
@@ -168,6 +196,10 @@ fn init_logging(verbose: u8, ansi: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
+        .event_format(logging::DemoteDroppedReplies {
+            inner: tracing_subscriber::fmt::format().with_ansi(ansi),
+            debug: verbose >= 2,
+        })
         .try_init();
 }
 
@@ -245,13 +277,17 @@ fn run_mount_with(args: MountArgs, on_live: Option<OnLive>) -> i32 {
             return 1;
         }
     };
+    for ignored in &validated.engine.ignored {
+        tracing::debug!(option = %ignored, "fuse-overlayfs option accepted; it has no effect in layerfs");
+    }
     let opened = match (&validated.upper, &validated.work) {
         (Some(upper), Some(work)) if !validated.read_only => {
+            let (userxattr, format) = upper_choices(&validated, work);
             let spec = UpperSpec {
                 upper: upper.clone(),
                 work: work.clone(),
-                format: validated.whiteout,
-                userxattr: validated.userxattr,
+                format,
+                userxattr,
                 durable: !validated.volatile,
             };
             LayerStack::open_writable(&validated.lowers, &spec)
@@ -279,6 +315,13 @@ fn run_mount_with(args: MountArgs, on_live: Option<OnLive>) -> i32 {
         .unwrap_or(0o755);
     let fs = match LayerFs::new(stack) {
         Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("layerfs: {e}");
+            return 1;
+        }
+    };
+    let fs = match attr_view(&fs, &validated.engine) {
+        Ok(view) => fs.with_view(view),
         Err(e) => {
             eprintln!("layerfs: {e}");
             return 1;
@@ -339,6 +382,60 @@ fn run_mount_with(args: MountArgs, on_live: Option<OnLive>) -> i32 {
             1
         }
     }
+}
+
+/// Markers and whiteouts the upper can take: `user.overlay.*` where
+/// `trusted.*` is refused (rootless, user namespaces), OCI whiteouts where
+/// mknod is; each said once.
+fn upper_choices(
+    v: &options::ValidatedMount,
+    work: &Path,
+) -> (bool, crate::layers::WhiteoutFormat) {
+    let (mut userxattr, mut format) = (v.userxattr, v.whiteout);
+    match crate::layers::probe::probe_upper(work) {
+        Ok(can) => {
+            if !userxattr && !can.trusted_xattrs {
+                tracing::info!("trusted.* xattrs are refused here: markers go in user.overlay.*");
+                userxattr = true;
+            }
+            if format == crate::layers::WhiteoutFormat::Overlay && !can.whiteout_devices {
+                tracing::warn!("mknod is refused here: whiteouts are written as OCI .wh. files");
+                format = crate::layers::WhiteoutFormat::Oci;
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot probe the work dir; keeping the options"),
+    }
+    (userxattr, format)
+}
+
+/// Owners and modes as fuse-overlayfs shows them (see `fs::view`).
+fn attr_view(
+    fs: &LayerFs,
+    engine: &compat::EngineOptions,
+) -> Result<crate::fs::view::AttrView, String> {
+    use crate::layers::override_stat::{OverrideXattr, mark_layer_root};
+    let stack = fs.stack();
+    let mut overrides: Vec<Option<OverrideXattr>> = (0..stack.len())
+        .map(|i| OverrideXattr::of_layer(stack.layer(i as crate::union::LayerIdx)))
+        .collect();
+    let level = engine.xattr_permissions;
+    let write_overrides = level > 0 && stack.is_writable();
+    if write_overrides && overrides.first().is_some_and(Option::is_none) {
+        let name = OverrideXattr::for_level(level).ok_or("bad xattr_permissions")?;
+        mark_layer_root(stack.layer(0), name)
+            .map_err(|e| format!("upperdir: cannot set {}: {e}", name.name()))?;
+        overrides[0] = Some(name);
+    }
+    Ok(crate::fs::view::AttrView {
+        uid_map: engine.uid_map.clone(),
+        gid_map: engine.gid_map.clone(),
+        squash_uid: engine.shown_uid(),
+        squash_gid: engine.shown_gid(),
+        overflow: crate::fs::view::kernel_overflow_ids(),
+        static_nlink: engine.static_nlink,
+        overrides,
+        write_overrides,
+    })
 }
 
 fn run_umount(args: UmountArgs) -> i32 {

@@ -59,6 +59,8 @@ pub struct MountSpec {
     /// Generic mount flags as given, in order (`nosuid`, `nodev`, `noexec`,
     /// `noatime`, `sync`, ...), for the caller to pass on to the FUSE mount.
     pub mount_flags: Vec<String>,
+    /// fuse-overlayfs's options (see [`super::compat`]).
+    pub engine: super::compat::EngineOptions,
 }
 
 /// A [`MountSpec`] checked against the filesystem, with canonical paths.
@@ -81,6 +83,7 @@ pub struct ValidatedMount {
     pub userxattr: bool,
     pub volatile: bool,
     pub mount_flags: Vec<String>,
+    pub engine: super::compat::EngineOptions,
 }
 
 /// What a path is for; names it in error messages.
@@ -369,7 +372,8 @@ pub fn spec_from_lowers(
     if parsed.volatile && spec.upper.is_none() {
         return Err(OptionsError::NeedsUpper("volatile"));
     }
-    spec.volatile = parsed.volatile;
+    // fuse-overlayfs's fsync=0 is volatile where there is something to sync.
+    spec.volatile = parsed.volatile || (spec.engine.no_fsync && spec.upper.is_some());
     Ok(spec)
 }
 
@@ -436,7 +440,8 @@ fn parse_options(opts: &[String]) -> Result<Parsed, OptionsError> {
     // Which of lowerdir= / lowerdir+= gave the lowers.
     let mut lower_key: Option<&'static str> = None;
     for arg in opts {
-        for raw in split_unescaped(arg, ',') {
+        for raw in super::compat::split_options(arg) {
+            let raw = raw.as_str();
             if raw.is_empty() {
                 continue;
             }
@@ -553,7 +558,11 @@ fn parse_options(opts: &[String]) -> Result<Parsed, OptionsError> {
                     spec.mount_flags.push(k.to_string());
                 }
                 k if IGNORED_FLAGS.contains(&k) => no_value(key, value)?,
-                _ => return Err(OptionsError::UnknownOption(key.into())),
+                _ => {
+                    if !super::compat::parse_option(key, value, &mut spec.engine)? {
+                        return Err(OptionsError::UnknownOption(key.into()));
+                    }
+                }
             }
         }
     }
@@ -751,6 +760,7 @@ pub fn validate(spec: &MountSpec, mountpoint: &Path) -> Result<ValidatedMount, O
         userxattr: spec.userxattr,
         volatile: spec.volatile,
         mount_flags: spec.mount_flags.clone(),
+        engine: spec.engine.clone(),
     })
 }
 

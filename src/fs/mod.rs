@@ -1,8 +1,10 @@
 //! The FUSE glue: maps fuser requests onto the union engine and its errors
 //! onto errnos. Inode and handle tables, TTLs and passthrough live here.
 
+mod fusermount;
 pub mod mount;
 mod nodes;
+pub mod view;
 mod write;
 
 use std::ffi::OsStr;
@@ -70,6 +72,8 @@ pub struct LayerFs {
     write_lock: Mutex<()>,
     /// Tells the kernel to drop what it cached, once the session exists.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// Owners and modes as container engines want them shown.
+    view: view::AttrView,
 }
 
 impl LayerFs {
@@ -90,7 +94,20 @@ impl LayerFs {
             passthrough: AtomicBool::new(false),
             write_lock: Mutex::new(()),
             notifier: Arc::default(),
+            view: view::AttrView::default(),
         })
+    }
+
+    /// Show owners and modes through `view` (id mappings, squashing,
+    /// override xattrs); see [`view`].
+    pub fn with_view(mut self, view: view::AttrView) -> LayerFs {
+        self.view = view;
+        self
+    }
+
+    /// The layer stack served, for setting up a view.
+    pub fn stack(&self) -> &LayerStack {
+        &self.stack
     }
 
     /// Where the session puts its notifier (see [`invalidate_attrs`]).
@@ -155,9 +172,16 @@ impl LayerFs {
         let mut nlink = self.stack.shown_nlink(&obj, &stat);
         // As the kernel's overlayfs: counting subdirectories of a merged
         // directory is not worth it, and find(1) is happy with 1.
-        if obj.dir.as_ref().is_some_and(|d| d.layers.len() > 1) {
+        if obj.dir.as_ref().is_some_and(|d| d.layers.len() > 1)
+            || (self.view.static_nlink && obj.kind == FileKind::Dir)
+        {
             nlink = 1;
         }
+        let stat = if self.view.is_identity() {
+            stat
+        } else {
+            self.view.shown(&self.stack, &obj, stat)
+        };
         file_attr(node.ino, &stat, nlink)
     }
 
@@ -348,8 +372,13 @@ impl LayerFs {
     }
 
     fn check_access(&self, req: &Request, node: &Node, mask: AccessFlags) -> Result<()> {
-        let (st, path, is_dir) =
-            node.read(|s| (s.obj.stat, s.obj.path.clone(), s.obj.kind == FileKind::Dir));
+        let obj = node.obj();
+        let (path, is_dir) = (obj.path.clone(), obj.kind == FileKind::Dir);
+        let st = if self.view.is_identity() {
+            obj.stat
+        } else {
+            self.view.shown(&self.stack, &obj, obj.stat)
+        };
         let want = mask.bits() & (libc::R_OK | libc::W_OK | libc::X_OK);
         if want & libc::W_OK != 0 && !self.stack.is_writable() {
             return Err(Error::errno(libc::EROFS, "access", &path));
@@ -377,6 +406,14 @@ impl LayerFs {
             return Err(Error::errno(libc::EACCES, "access", &path));
         }
         Ok(())
+    }
+
+    /// Override xattrs hold owners, not data: the mount never shows them.
+    fn hides_xattr(&self, name: &OsStr) -> bool {
+        self.view.uses_overrides()
+            && crate::layers::override_stat::OverrideXattr::is_override_name(
+                std::os::unix::ffi::OsStrExt::as_bytes(name),
+            )
     }
 
     /// Where a node's data and xattrs live now.
@@ -496,6 +533,9 @@ impl Filesystem for LayerFs {
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
         self.passthrough.store(passthrough, Ordering::Relaxed);
+        if !nix::unistd::geteuid().is_root() {
+            info!("FUSE passthrough needs root: reads go through the daemon");
+        }
         info!(passthrough, layers = self.stack.len(), "mounted");
         Ok(())
     }
@@ -759,6 +799,13 @@ impl Filesystem for LayerFs {
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _span = tracing::debug_span!("getxattr", ino = ino.0, ?name).entered();
         let result = self.location(ino, "getxattr").and_then(|(_, obj)| {
+            if self.hides_xattr(name) {
+                return Err(Error::errno(
+                    libc::ENODATA,
+                    "getxattr",
+                    name.to_string_lossy(),
+                ));
+            }
             let layer = self.stack.layer(obj.layer);
             layer
                 .get_xattr(&obj.path, obj.kind == FileKind::Dir, name)
@@ -775,7 +822,7 @@ impl Filesystem for LayerFs {
                 .list_xattrs(&obj.path, obj.kind == FileKind::Dir)
                 .map_err(|e| Error::io(e, "listxattr", layer_display(layer, &obj.path)))?;
             let mut out = Vec::new();
-            for n in names {
+            for n in names.into_iter().filter(|n| !self.hides_xattr(n)) {
                 out.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(n.as_os_str()));
                 out.push(0);
             }
@@ -1031,6 +1078,39 @@ impl Filesystem for LayerFs {
     ) {
         let _span = tracing::debug_span!("setxattr", ino = ino.0, ?name).entered();
         reply_empty(self.do_write_xattr(ino, name, Some(value), flags), reply);
+    }
+
+    /// No ioctl is meaningful on a union (the kernel's overlayfs answers
+    /// TCGETS on a regular file with ENOTTY too); not worth a warning.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        debug!(ino = ino.0, cmd, "ioctl: ENOTTY");
+        reply.error(Errno::ENOTTY);
+    }
+
+    /// Files of a union are always ready: ENOSYS tells the kernel so once
+    /// and for all (it then stops asking).
+    fn poll(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        debug!(ino = ino.0, "poll: not needed, always ready");
+        reply.error(Errno::ENOSYS);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {

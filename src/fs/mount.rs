@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use fuser::{Config, MountOption, Session, SessionACL};
+use fuser::{Config, Session, SessionACL};
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::signal::{SigSet, Signal};
 use tracing::{info, warn};
@@ -59,28 +59,35 @@ pub fn mount(fs: LayerFs, cfg: &MountConfig, root_mode: u32) -> io::Result<Mount
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
     let notifier = fs.notifier_slot();
-    let session = if nix::unistd::geteuid().is_root() {
-        let fd = mount_fuse(cfg, root_mode)?;
-        Session::from_fd(fs, fd, acl, config)?
+    // Root (also root of a user namespace) mounts itself; anyone else goes
+    // through the setuid fusermount3, whatever the mode of /dev/fuse.
+    let fd = if nix::unistd::geteuid().is_root() {
+        mount_fuse(cfg, root_mode)?
     } else {
-        // Unprivileged: fuser goes through the setuid fusermount3.
-        config.mount_options = vec![
-            MountOption::FSName(cfg.source.clone()),
-            MountOption::Subtype("layerfs".to_string()),
-            if cfg.writable {
-                MountOption::RW
-            } else {
-                MountOption::RO
-            },
-            MountOption::DefaultPermissions,
-        ];
-        Session::new(fs, &cfg.mountpoint, &config)?
+        super::fusermount::mount(&cfg.mountpoint, &fusermount_options(cfg))?
     };
+    let session = Session::from_fd(fs, fd, acl, config)?;
     let _ = notifier.set(session.notifier());
     Ok(Mounted {
         session,
         mountpoint: cfg.mountpoint.clone(),
     })
+}
+
+/// fusermount3's `-o`: what mount_fuse passes to mount(2), in words
+/// (fusermount3 adds nosuid and nodev itself for a user).
+fn fusermount_options(cfg: &MountConfig) -> String {
+    let mut opts = vec![
+        format!("fsname={}", cfg.source),
+        "subtype=layerfs".to_string(),
+        if cfg.writable { "rw" } else { "ro" }.to_string(),
+        "default_permissions".to_string(),
+    ];
+    if cfg.allow_other {
+        opts.push("allow_other".to_string());
+    }
+    opts.extend(cfg.flags.iter().cloned());
+    opts.join(",")
 }
 
 /// mount(2) a FUSE filesystem of type `fuse.layerfs` and return its
@@ -151,8 +158,7 @@ fn apply_flag(flags: MsFlags, name: &str) -> MsFlags {
 impl Mounted {
     /// Serve requests until the filesystem is unmounted, by anyone, or a
     /// stop signal unmounts it.
-    pub fn serve(mut self) -> io::Result<()> {
-        let mut unmounter = self.session.unmount_callable();
+    pub fn serve(self) -> io::Result<()> {
         let mountpoint = self.mountpoint.clone();
         std::thread::Builder::new()
             .name("signals".into())
@@ -162,8 +168,8 @@ impl Mounted {
                 };
                 info!(signal = ?sig, "unmounting");
                 let result = match nix::mount::umount2(&mountpoint, MntFlags::empty()) {
-                    // Mounted by fusermount3: let fuser undo it the same way.
-                    Err(nix::errno::Errno::EPERM) => unmounter.unmount(),
+                    // Mounted by fusermount3: undo it the same way.
+                    Err(nix::errno::Errno::EPERM) => super::fusermount::unmount(&mountpoint, false),
                     other => other.map_err(io::Error::from),
                 };
                 if let Err(e) = result {
@@ -178,7 +184,11 @@ impl Mounted {
 }
 
 fn lazy_unmount(mountpoint: &Path) {
-    if let Err(e) = nix::mount::umount2(mountpoint, MntFlags::MNT_DETACH) {
+    let result = match nix::mount::umount2(mountpoint, MntFlags::MNT_DETACH) {
+        Err(nix::errno::Errno::EPERM) => super::fusermount::unmount(mountpoint, true),
+        other => other.map_err(io::Error::from),
+    };
+    if let Err(e) = result {
         warn!(error = %e, mountpoint = %mountpoint.display(), "lazy unmount failed");
     }
 }

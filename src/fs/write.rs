@@ -53,19 +53,27 @@ impl LayerFs {
     /// Owner and permission bits of a new object, as the kernel's
     /// overlayfs gives them: the caller's ids, the group of a setgid
     /// parent (whose directories inherit the bit).
-    fn new_owner(req: &Request, parent: &Resolved, kind: FileKind, perm: u32) -> (u32, u32, u32) {
+    fn new_owner(
+        &self,
+        req: &Request,
+        parent: &Resolved,
+        kind: FileKind,
+        perm: u32,
+    ) -> (u32, u32, u32) {
         let setgid_parent = parent.stat.mode & libc::S_ISGID != 0;
+        // The caller's ids as they are kept on disk (uidmapping=).
+        let (uid, req_gid) = self.view.stored_ids(req.uid(), req.gid());
         let gid = if setgid_parent {
             parent.stat.gid
         } else {
-            req.gid()
+            req_gid
         };
         let perm = if setgid_parent && kind == FileKind::Dir {
             perm | libc::S_ISGID
         } else {
             perm
         };
-        (req.uid(), gid, perm & 0o7777)
+        (uid, gid, perm & 0o7777)
     }
 
     /// create, mkdir, mknod, symlink.
@@ -92,11 +100,36 @@ impl LayerFs {
             NewObject::Symlink(_) => FileKind::Symlink,
             NewObject::Node { mode, .. } => FileKind::from_mode(*mode).unwrap_or(FileKind::Regular),
         };
-        let (uid, gid, perm) = Self::new_owner(req, &parent_obj, kind, perm);
+        let (uid, gid, perm) = self.new_owner(req, &parent_obj, kind, perm);
+        let rdev = match &obj {
+            NewObject::Node { rdev, .. } => *rdev,
+            _ => 0,
+        };
+        let override_name = self.view.upper_override().filter(|n| n.fits(kind));
+        // With override xattrs the inode belongs to the daemon, which can
+        // always use it, and the xattr says what is shown.
+        let (real_uid, real_gid, real_perm) = match override_name {
+            Some(_) => (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+                perm & 0o777 | if kind == FileKind::Dir { 0o700 } else { 0o600 },
+            ),
+            None => (uid, gid, perm),
+        };
         let created = dir.edit_listing(&self.stack, |l| {
-            self.stack.create(&parent_obj, l, name, obj, perm, uid, gid)
+            self.stack
+                .create(&parent_obj, l, name, obj, real_perm, real_uid, real_gid)
         })?;
         let listed = created.ino;
+        if let Some(xname) = override_name {
+            let value = super::view::AttrView::override_value(uid, gid, perm, kind, rdev);
+            self.stack.write_xattr(
+                &created,
+                OsStr::new(xname.name()),
+                Some(value.as_bytes()),
+                0,
+            )?;
+        }
         let node = self.nodes.insert_new(dir.ino, name, created);
         self.renumbered(&dir, name, &node, listed)?;
         Ok((self.attr(&node), Self::generation(&node)))
@@ -392,9 +425,9 @@ impl LayerFs {
             .stack
             .restat(&obj)
             .is_ok_and(|st| st.same_object(&obj.stat));
+        let mut change = self.owner_change(&obj, change)?;
         // Truncating an open file goes through its handle: the path may be
         // unlinked already.
-        let mut change = change.clone();
         if let (Some(size), Some(fh)) = (change.size, fh)
             && let Some(h) = self.handles.get(&fh.0)
             && let Handle::File(f) = &*h
@@ -423,6 +456,67 @@ impl LayerFs {
         let stat = self.stack.set_attr(&obj, &change)?;
         node.update(|s| s.obj.stat = stat);
         Ok(self.attr(&node))
+    }
+
+    /// The owner and mode part of a setattr of the upper object `obj`, as
+    /// container engines want it: ids stored mapped back, ignored when
+    /// squashed, written to the override xattr instead of the inode under
+    /// `xattr_permissions`. Returns what is left for the inode.
+    fn owner_change(&self, obj: &Resolved, change: &AttrChange) -> Result<AttrChange> {
+        let mut change = change.clone();
+        if self.view.is_identity() {
+            return Ok(change);
+        }
+        let (uid, gid) = self
+            .view
+            .stored_ids(change.uid.unwrap_or(0), change.gid.unwrap_or(0));
+        change.uid = change.uid.map(|_| uid);
+        change.gid = change.gid.map(|_| gid);
+        if self.view.ignores_chown() && (change.uid.is_some() || change.gid.is_some()) {
+            // As fuse-overlayfs: the owner is still stored where it can be,
+            // but every owner shows as the squashed one, so a refusal
+            // (rootless) is no error.
+            let owner = AttrChange {
+                uid: change.uid.take(),
+                gid: change.gid.take(),
+                ..AttrChange::default()
+            };
+            if self.view.upper_override().is_none()
+                && let Err(e) = self.stack.set_attr(obj, &owner)
+            {
+                tracing::debug!(%e, "chown under squash_to_*: ignored");
+            }
+        }
+        let Some(xname) = self.view.upper_override() else {
+            return Ok(change);
+        };
+        if !xname.fits(obj.kind)
+            || (change.uid.is_none() && change.gid.is_none() && change.mode.is_none())
+        {
+            return Ok(change);
+        }
+        let Some(mut now) = self.view.stored_override(&self.stack, obj) else {
+            return Ok(change);
+        };
+        if let Some(u) = change.uid.take() {
+            now.uid = u;
+        }
+        if let Some(g) = change.gid.take() {
+            now.gid = g;
+        }
+        if let Some(m) = change.mode.take() {
+            now.perm = m & 0o7777;
+        }
+        let value = super::view::AttrView::override_value(
+            now.uid,
+            now.gid,
+            now.perm,
+            obj.kind,
+            obj.stat.rdev,
+        );
+        self.stack
+            .write_xattr(obj, OsStr::new(xname.name()), Some(value.as_bytes()), 0)?;
+        Ok(change)
     }
 
     pub(super) fn do_write(&self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<u32> {
@@ -502,6 +596,9 @@ impl LayerFs {
         flags: i32,
     ) -> Result<()> {
         let op = crate::union::xattr_op(value);
+        if self.hides_xattr(key) {
+            return Err(Error::errno(libc::EPERM, op, key.to_string_lossy()));
+        }
         let node = self.node(ino, op)?;
         self.writable(op, &node)?;
         let _w = self.lock_writes();

@@ -2,6 +2,8 @@
 //! are read — every whiteout dialect and opaque marker lives here and
 //! nowhere else. No FUSE types.
 
+pub mod override_stat;
+pub mod probe;
 pub mod sys;
 pub mod upper;
 pub mod whiteout;

@@ -731,7 +731,9 @@ impl Upper {
                     cvt(unsafe { libc::fsync(out.as_raw_fd()) })?;
                 }
             }
-            FileKind::Dir => make_object(work, tmp, &NewObject::Dir, 0o700, 0, 0)?,
+            // Owners left as they are (u32::MAX): the real ones are set
+            // below, and chown to root is refused to a rootless daemon.
+            FileKind::Dir => make_object(work, tmp, &NewObject::Dir, 0o700, u32::MAX, u32::MAX)?,
             FileKind::Symlink => {
                 let target = src_layer.readlink(src)?;
                 make_object(
@@ -739,8 +741,8 @@ impl Upper {
                     tmp,
                     &NewObject::Symlink(OsStr::from_bytes(&target)),
                     0o777,
-                    0,
-                    0,
+                    u32::MAX,
+                    u32::MAX,
                 )?
             }
             FileKind::Fifo | FileKind::CharDev | FileKind::BlockDev | FileKind::Socket => {
@@ -752,8 +754,8 @@ impl Upper {
                         rdev: st.rdev,
                     },
                     0o600,
-                    0,
-                    0,
+                    u32::MAX,
+                    u32::MAX,
                 )?
             }
         }
