@@ -292,6 +292,14 @@ impl Layer {
         whiteout::redirect(fd.as_fd())
     }
 
+    /// Whether the directory `dir` is marked opaque (by xattr, or by the
+    /// OCI marker in a layer that uses OCI names).
+    fn marked_opaque(&self, dir: BorrowedFd<'_>) -> bool {
+        let marker = CString::new(whiteout::OCI_OPAQUE_MARKER).unwrap_or_default();
+        whiteout::dir_marks(dir).is_ok_and(|m| m.opaque)
+            || (self.oci_names && sys::fstatat_nofollow(dir, &marker).is_ok())
+    }
+
     /// What a lookup of `rel` finds in this layer, for walking a path
     /// down the layers: `Dir { opaque, redirect }`, `Stop` for a whiteout
     /// or a non-directory, or `Absent`.
@@ -316,10 +324,7 @@ impl Layer {
                 let Ok(fd) = self.open_dir(rel) else {
                     return DirLookup::Absent;
                 };
-                let marker = CString::new(whiteout::OCI_OPAQUE_MARKER).unwrap_or_default();
-                let opaque = whited_out
-                    || whiteout::dir_marks(fd.as_fd()).is_ok_and(|m| m.opaque)
-                    || (self.oci_names && sys::fstatat_nofollow(fd.as_fd(), &marker).is_ok());
+                let opaque = whited_out || self.marked_opaque(fd.as_fd());
                 let redirect = if opaque {
                     None
                 } else {
@@ -379,7 +384,9 @@ impl Layer {
                 kind,
                 stat,
                 opaque: kind == FileKind::Dir
-                    && matches!(self.lookup_dir(rel), DirLookup::Dir { opaque: true, .. }),
+                    && self
+                        .open_dir(rel)
+                        .is_ok_and(|fd| self.marked_opaque(fd.as_fd())),
                 whiteout_too: oci_whiteout,
             }),
         }
