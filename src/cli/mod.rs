@@ -27,8 +27,9 @@ use crate::union::{LayerStack, UpperSpec};
     about = "A union filesystem for container image layers"
 )]
 pub struct Cli {
-    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    /// More log output (-v info, -vv debug, -vvv trace), before the
+    /// subcommand (`run -v` is a volume); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
     #[command(subcommand)]
     command: Command,
@@ -490,4 +491,15 @@ pub fn is_layerfs_mount(path: &Path) -> bool {
                 .any(|(mnt, fstype)| mnt == path && fstype == "fuse.layerfs")
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks its definitions (unique short options across global and
+    /// subcommand arguments...) only when a command line is parsed in a
+    /// debug build: check them all here, without running anything.
+    #[test]
+    fn the_command_line_definitions_are_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }
