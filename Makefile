@@ -6,7 +6,7 @@ PREFIX  ?= /usr/local
 DEMO    ?= layers-fixtures/demo
 BIN      = target/release/layerfs
 
-.PHONY: all build test demo bench install uninstall lint fmt clean
+.PHONY: all build test stress demo bench install uninstall lint fmt clean
 
 all: build
 
@@ -16,6 +16,13 @@ build:
 # Unit tests, then the mount tests against the kernel's overlayfs.
 test:
 	$(CARGO) test --all-targets -- --test-threads=4
+
+# The stress test for STRESS_SECS (default 300) with a fresh seed
+# (docs/reliability.md); `make test` runs it for 5 s.
+STRESS_SECS ?= 300
+stress:
+	LAYERFS_STRESS_SECS=$(STRESS_SECS) LAYERFS_STRESS_SEED=$$(date +%s) \
+		$(CARGO) test --release --test stress -- --nocapture
 
 # Mount the bundled demo image read-only, show it, unmount.
 demo: build

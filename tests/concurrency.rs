@@ -20,85 +20,15 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::LayerfsMount;
+use common::load::{Load, Worker, run_with_watchdog};
 
 /// How long the load runs, and how long without any finished call counts
 /// as a hang.
 const RUN_FOR: Duration = Duration::from_secs(6);
 const STALL: Duration = Duration::from_secs(10);
-
-/// One thread's loop body, run until the load stops.
-type Worker = Box<dyn Fn(&Load) + Send + Sync>;
-
-struct Load {
-    stop: AtomicBool,
-    done_calls: AtomicU64,
-}
-
-/// Runs `workers` until RUN_FOR has passed; kills the daemon and panics if
-/// the calls stop finishing for STALL. Returns the number of calls made.
-fn run_with_watchdog(mount: &LayerfsMount, workers: Vec<Worker>) -> u64 {
-    let load = Arc::new(Load {
-        stop: AtomicBool::new(false),
-        done_calls: AtomicU64::new(0),
-    });
-    let handles: Vec<_> = workers
-        .into_iter()
-        .map(|w| {
-            let load = load.clone();
-            thread::spawn(move || {
-                while !load.stop.load(Ordering::Relaxed) {
-                    w(&load);
-                }
-            })
-        })
-        .collect();
-    let start = Instant::now();
-    let (mut last_count, mut last_change) = (0, Instant::now());
-    let mut hung = false;
-    while start.elapsed() < RUN_FOR {
-        thread::sleep(Duration::from_millis(100));
-        let n = load.done_calls.load(Ordering::Relaxed);
-        if n != last_count {
-            (last_count, last_change) = (n, Instant::now());
-        } else if last_change.elapsed() > STALL {
-            hung = true;
-            break;
-        }
-    }
-    load.stop.store(true, Ordering::Relaxed);
-    // Workers finish their current call; a hung one only when the daemon
-    // dies, so give them STALL before killing it.
-    let deadline = Instant::now() + STALL;
-    while !hung && handles.iter().any(|h| !h.is_finished()) {
-        if Instant::now() > deadline {
-            hung = true;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    if hung {
-        let log = mount.log();
-        if let Some(pid) = mount.pid() {
-            // Our own child, by pid: its death aborts the connection.
-            let pid = nix::unistd::Pid::from_raw(pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-        for h in handles {
-            let _ = h.join();
-        }
-        panic!(
-            "no call finished for {STALL:?} after {last_count} calls: the daemon hung; its log:\n{log}"
-        );
-    }
-    for h in handles {
-        h.join().expect("worker thread panicked");
-    }
-    load.done_calls.load(Ordering::Relaxed)
-}
 
 /// Renames `a` to `b` and back; ENOENT is fine (another thread moved it).
 fn swap_names(load: &Load, a: &Path, b: &Path) {
@@ -108,7 +38,7 @@ fn swap_names(load: &Load, a: &Path, b: &Path) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => panic!("rename {} -> {}: {e}", from.display(), to.display()),
         }
-        load.done_calls.fetch_add(1, Ordering::Relaxed);
+        load.done();
     }
 }
 
@@ -116,7 +46,7 @@ fn stat_dir(load: &Load, dir: &Path) {
     if let Err(e) = fs::symlink_metadata(dir) {
         panic!("lstat {}: {e}", dir.display());
     }
-    load.done_calls.fetch_add(1, Ordering::Relaxed);
+    load.done();
 }
 
 #[test]
@@ -155,7 +85,7 @@ fn renames_with_getattrs_do_not_deadlock() {
     for d in [one.clone(), two.clone(), one, two] {
         workers.push(Box::new(move |l| stat_dir(l, &d)));
     }
-    let calls = run_with_watchdog(&mount, workers);
+    let calls = run_with_watchdog(&mount, workers, RUN_FOR, STALL);
     assert!(calls > 1000, "only {calls} calls ran in {RUN_FOR:?}");
     let exit = mount.unmount();
     assert!(
@@ -250,18 +180,18 @@ fn reads_racing_writes_answer_as_a_serial_order() {
             o.check("rmdir", &p, fs::remove_dir(&p), &[]);
             o.check("create", &p, fs::File::create(&p), &[]);
             o.check("unlink", &p, fs::remove_file(&p), &[]);
-            l.done_calls.fetch_add(4, Ordering::Relaxed);
+            l.done_n(4);
         }));
         for _ in 0..2 {
             let (o, p) = (odd.clone(), x.clone());
             workers.push(Box::new(move |l| {
                 o.check("lstat", &p, fs::symlink_metadata(&p), NOENT);
                 o.check("open", &p, fs::File::open(&p), NOENT);
-                l.done_calls.fetch_add(2, Ordering::Relaxed);
+                l.done_n(2);
             }));
         }
     }
-    run_with_watchdog(&mount, workers);
+    run_with_watchdog(&mount, workers, RUN_FOR, STALL);
     let seen = odd.take();
     assert!(
         seen.is_empty(),
@@ -303,10 +233,10 @@ fn reads_racing_writes_answer_as_a_serial_order() {
                 7 => o.check("readdir", &dir, fs::read_dir(&dir).map(|d| d.count()), &[]),
                 _ => o.check("lstat", &a, fs::symlink_metadata(&a), NOENT),
             }
-            l.done_calls.fetch_add(1, Ordering::Relaxed);
+            l.done();
         }));
     }
-    run_with_watchdog(&mount, workers);
+    run_with_watchdog(&mount, workers, RUN_FOR, STALL);
     let seen = odd.take();
     let log = log_tail(&mount);
     let exit = mount.unmount();

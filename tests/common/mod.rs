@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod images;
+pub mod load;
 pub mod materialize;
 pub mod meta;
 pub mod mounts;
