@@ -253,3 +253,59 @@ fn generic_mount_flags_reach_the_kernel() {
         "devices stay usable unless asked: {line}"
     );
 }
+
+/// A panic in a request handler (injected for a request naming `boom`)
+/// answers EIO, is logged with the operation and path, and the mount keeps
+/// serving: more panics than the daemon has worker threads, then ordinary
+/// reads and writes, then a clean unmount.
+#[test]
+fn a_panic_in_a_handler_is_eio_and_the_mount_lives_on() {
+    common::require_root();
+    let tmp = common::tempdir("layerfs-panic-");
+    let root = tmp.path();
+    let (lower, upper, work) = (root.join("lower"), root.join("upper"), root.join("work"));
+    for d in [&lower, &upper, &work] {
+        fs::create_dir(d).unwrap();
+    }
+    fs::create_dir(lower.join("d")).unwrap();
+    fs::write(lower.join("d/f"), b"lower data").unwrap();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        common::escape_opt_path(&lower),
+        common::escape_opt_path(&upper),
+        common::escape_opt_path(&work)
+    );
+    let mount = LayerfsMount::try_mount_args_env(
+        ["-o", opts.as_str()],
+        &[("LAYERFS_INJECT_PANIC_NAME", "boom")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let m = mount.path().to_path_buf();
+    for _ in 0..12 {
+        let err = fs::symlink_metadata(m.join("d/boom")).expect_err("lookup of boom");
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EIO),
+            "lookup of d/boom: {err}"
+        );
+        let err = fs::write(m.join("boom"), b"x").expect_err("create of boom");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "create of boom: {err}");
+    }
+    assert_eq!(fs::read(m.join("d/f")).unwrap(), b"lower data");
+    fs::write(m.join("d/f"), b"new").unwrap();
+    assert_eq!(fs::read(m.join("d/f")).unwrap(), b"new");
+    assert!(fs::read_dir(m.join("d")).unwrap().count() == 1);
+    let log = mount.log();
+    assert!(
+        log.contains("panic in the handler") && log.contains("/d/boom") && log.contains("lookup"),
+        "the daemon's log does not say which request panicked:\n{log}"
+    );
+    let exit = mount.unmount();
+    assert!(
+        exit.status.is_some_and(|s| s.success()),
+        "the daemon ended with {:?}:\n{}",
+        exit.status,
+        exit.log
+    );
+    assert_eq!(fs::read(upper.join("d/f")).unwrap(), b"new");
+}

@@ -2,6 +2,7 @@
 //! onto errnos. Inode and handle tables, TTLs and passthrough live here.
 
 mod fusermount;
+mod guard;
 pub mod mount;
 mod nodes;
 pub mod view;
@@ -519,6 +520,8 @@ fn negative_entry() -> FileAttr {
     file_attr(0, &zero, 0)
 }
 
+// Every handler here is forwarded by guard.rs, which keeps a panic from
+// taking the daemon down: add new ones there too.
 impl Filesystem for LayerFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         for cap in [

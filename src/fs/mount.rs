@@ -11,6 +11,7 @@ use nix::sys::signal::{SigSet, Signal};
 use tracing::{info, warn};
 
 use super::LayerFs;
+use super::guard::Guarded;
 
 /// How to mount.
 #[derive(Debug, Clone)]
@@ -28,7 +29,7 @@ pub struct MountConfig {
 
 /// A live mount whose requests are not served yet.
 pub struct Mounted {
-    session: Session<LayerFs>,
+    session: Session<Guarded>,
     mountpoint: PathBuf,
 }
 
@@ -66,7 +67,7 @@ pub fn mount(fs: LayerFs, cfg: &MountConfig, root_mode: u32) -> io::Result<Mount
     } else {
         super::fusermount::mount(&cfg.mountpoint, &fusermount_options(cfg))?
     };
-    let session = Session::from_fd(fs, fd, acl, config)?;
+    let session = Session::from_fd(Guarded::new(fs), fd, acl, config)?;
     let _ = notifier.set(session.notifier());
     Ok(Mounted {
         session,

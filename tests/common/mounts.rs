@@ -275,6 +275,16 @@ impl LayerfsMount {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        Self::try_mount_args_env(args, &[])
+    }
+
+    /// As [`Self::try_mount_args`], with these environment variables set
+    /// for the daemon.
+    pub fn try_mount_args_env<I, S>(args: I, env: &[(&str, &str)]) -> Result<LayerfsMount, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let (dir, mnt) = mount_dir("layerfs-");
         let log_path = dir.path().join("daemon.log");
         let log = fs::File::create(&log_path).expect("creating the daemon log");
@@ -284,7 +294,8 @@ impl LayerfsMount {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log fd"))
             .stderr(log)
-            .env("RUST_BACKTRACE", "1");
+            .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied());
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {shown}: {e}"));
