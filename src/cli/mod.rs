@@ -475,6 +475,14 @@ fn run_umount(args: UmountArgs) -> i32 {
                 }
             }
         }
+        Err(nix::errno::Errno::EBUSY) => {
+            eprintln!(
+                "layerfs: umount {}: busy (files open or processes inside); \
+                 `layerfs umount -l` detaches it now and ends it when the last user is gone",
+                mnt.display()
+            );
+            1
+        }
         Err(e) => {
             eprintln!("layerfs: umount {}: {}", mnt.display(), e.desc());
             1

@@ -54,8 +54,10 @@ pub struct Upper {
     /// inode number whenever its directory is read, also after a remount.
     origins: std::sync::Mutex<std::collections::HashMap<u64, (u64, u64)>>,
     /// Where copy-ups outside the index record their origin
-    /// ([`ORIGIN_LOG`]); None if it cannot be written.
-    origin_log: std::sync::Mutex<Option<std::fs::File>>,
+    /// ([`ORIGIN_LOG`]). Opened for each record, never held open: a file
+    /// open for writing would keep the upper's filesystem from being
+    /// remounted read-only, which the kernel's overlayfs allows.
+    origin_log: std::sync::Mutex<std::path::PathBuf>,
 }
 
 /// The log of copy-up origins, in the index dir (its name is no index
@@ -156,13 +158,9 @@ impl Upper {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let origin_log = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&log_path)?;
         Ok(Upper {
             origins: std::sync::Mutex::new(origins),
-            origin_log: std::sync::Mutex::new(Some(origin_log)),
+            origin_log: std::sync::Mutex::new(log_path),
             index,
             work,
             format,
@@ -208,16 +206,18 @@ impl Upper {
         for w in [upper_ino, lower.dev, lower.ino] {
             rec.extend_from_slice(&w.to_le_bytes());
         }
-        let mut log = self
+        let log = self
             .origin_log
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(f) = log.as_mut()
-            && let Err(e) = std::io::Write::write_all(f, &rec)
-        {
+        let appended = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&*log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &rec));
+        if let Err(e) = appended {
             // Only inode numbers after a remount depend on it.
-            tracing::warn!(error = %e, "cannot record a copy-up's origin; not trying again");
-            *log = None;
+            tracing::warn!(error = %e, path = %log.display(), "cannot record a copy-up's origin");
         }
         drop(log);
         self.origins
