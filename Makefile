@@ -17,12 +17,16 @@ build:
 test:
 	$(CARGO) test --all-targets -- --test-threads=4
 
-# The stress test for STRESS_SECS (default 300) with a fresh seed
-# (docs/reliability.md); `make test` runs it for 5 s.
+# The stress test for STRESS_SECS (default 300) and the crash test for
+# CRASH_RUNS kills (default 500), with fresh seeds (docs/reliability.md);
+# `make test` runs short versions.
 STRESS_SECS ?= 300
+CRASH_RUNS  ?= 500
 stress:
 	LAYERFS_STRESS_SECS=$(STRESS_SECS) LAYERFS_STRESS_SEED=$$(date +%s) \
 		$(CARGO) test --release --test stress -- --nocapture
+	LAYERFS_CRASH_RUNS=$(CRASH_RUNS) LAYERFS_CRASH_SEED=$$(date +%s) \
+		$(CARGO) test --release --test crash -- --nocapture
 
 # Mount the bundled demo image read-only, show it, unmount.
 demo: build
