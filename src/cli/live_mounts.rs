@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,13 @@ fn records_dir() -> PathBuf {
     runtime_dir().join("mounts")
 }
 
+/// A directory of ours: records in a directory someone else made (in a
+/// shared /tmp) are neither written nor believed.
+fn ours(dir: &Path) -> bool {
+    fs::symlink_metadata(dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw())
+}
+
 /// Record the live mount `v` of this process. A failure is logged, never
 /// fatal: the mount works without it, only `which PATH` cannot find it.
 pub fn record(
@@ -95,9 +102,20 @@ pub fn record(
     let path = dir.join(format!("{pid}.json"));
     let tmp = dir.join(format!(".{pid}.tmp"));
     let res = (|| -> std::io::Result<()> {
-        fs::create_dir_all(&dir)?;
+        std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&dir)?;
+        if !ours(&runtime_dir()) || !ours(&dir) {
+            return Err(std::io::Error::other(
+                "the directory belongs to another user",
+            ));
+        }
+        // Only its owner writes records there (the daemon runs with umask
+        // 0). The runtime dir itself may be a shared one given by
+        // LAYERFS_RUNTIME_DIR: left as it is.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
         let json = serde_json::to_vec_pretty(&rec).map_err(std::io::Error::other)?;
         fs::write(&tmp, json)?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
         fs::rename(&tmp, &path)
     })();
     match res {
@@ -147,7 +165,12 @@ pub fn find(path: &Path) -> Result<(LiveMount, RelPath), String> {
         .dev();
     let dir = records_dir();
     let mut best: Option<LiveMount> = None;
-    for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+    let listed = if ours(&runtime_dir()) && ours(&dir) {
+        fs::read_dir(&dir).ok()
+    } else {
+        None
+    };
+    for entry in listed.into_iter().flatten().flatten() {
         let p = entry.path();
         if p.extension().is_none_or(|e| e != "json") {
             continue;
