@@ -382,5 +382,19 @@ fn bad_commits_are_one_line_and_change_nothing() {
     assert_eq!(s.container("c1").unwrap().unwrap().record.image, old);
     let tree = mounted_tree(&store, "base:1");
     assert!(tree.get("added").is_some());
+
+    // A container whose image was removed (rmi --force) cannot be
+    // committed: one line, nothing changed.
+    fx.ok(&["rmi", "--force", old.as_str()]);
+    let before = listing(&store);
+    let out = fx.layerfs(&["commit", "c1", "--image", "orphan:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("container c1: its image") && err.contains("not found"),
+        "{err}"
+    );
+    assert_eq!(listing(&store), before);
     fx.ok(&["rm", "c1"]);
 }
