@@ -219,3 +219,85 @@ pub fn labelled_which(
         report: which(path, dirs)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::spec::{Descriptor, ImageConfig, Manifest, RootFs};
+    use crate::image::store::ImageRecord;
+
+    fn history(created_by: &str, empty_layer: bool) -> History {
+        History {
+            created_by: Some(created_by.to_string()),
+            empty_layer,
+            ..History::default()
+        }
+    }
+
+    /// Two empty layers; the history has a config-only entry and one entry
+    /// for the bottom layer, none for the top one.
+    #[test]
+    fn history_pairs_entries_with_layers_bottom_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d0, d1) = (dir.path().join("d0"), dir.path().join("d1"));
+        std::fs::create_dir(&d0).unwrap();
+        std::fs::create_dir(&d1).unwrap();
+        std::fs::write(d1.join("f"), b"abc").unwrap();
+        let ids = [Digest::of(b"0"), Digest::of(b"1")];
+        let id = Digest::of(b"config");
+        let descriptor = |d: &Digest| Descriptor {
+            media_type: String::new(),
+            digest: d.clone(),
+            size: 0,
+            platform: None,
+            annotations: Default::default(),
+        };
+        let image = Image {
+            record: ImageRecord {
+                id: id.clone(),
+                manifest: id.clone(),
+                config: id.clone(),
+                names: Vec::new(),
+                created: String::new(),
+            },
+            manifest: Manifest {
+                schema_version: 2,
+                media_type: None,
+                config: descriptor(&id),
+                layers: ids.iter().map(descriptor).collect(),
+                annotations: Default::default(),
+            },
+            manifest_bytes: Vec::new(),
+            config: ImageConfig {
+                rootfs: RootFs {
+                    fs_type: "layers".into(),
+                    diff_ids: ids.to_vec(),
+                },
+                history: vec![history("ENV A=1", true), history("bottom", false)],
+                ..ImageConfig::default()
+            },
+            config_bytes: Vec::new(),
+            layer_dirs: vec![d0.clone(), d1.clone()],
+        };
+        let entries = image_history(&image).unwrap();
+        type Row<'a> = (Option<usize>, Option<&'a str>, Option<u64>, u64);
+        let got: Vec<Row<'_>> = entries
+            .iter()
+            .map(|e| (e.layer, e.created_by.as_deref(), e.added, e.size))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(0), None, Some(1), 3),
+                (Some(1), Some("bottom"), Some(0), 0),
+                (None, Some("ENV A=1"), None, 0),
+            ]
+        );
+        assert_eq!(entries[0].diff_id.as_ref(), Some(&ids[1]));
+        let labels = label_layers(&image.lowerdirs(), Some(&image), None);
+        assert_eq!(labels[0].diff_id.as_ref(), Some(&ids[1]));
+        assert_eq!(labels[0].created_by, None);
+        assert_eq!(labels[1].created_by.as_deref(), Some("bottom"));
+        assert_eq!(labels[1].describe(), format!("{} bottom", short(&ids[0])));
+    }
+}
