@@ -840,7 +840,10 @@ fn known_image_through_the_cli() {
     assert!(out.contains("/big") && out.contains(" L1"), "{out}");
 
     // A live mount of the image: `which PATH` finds its layers.
-    let record_of = |pid: u32| Path::new("/run/layerfs/mounts").join(format!("{pid}.json"));
+    let runtime = std::env::var_os("LAYERFS_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("/run/layerfs"), PathBuf::from);
+    let record_of = |pid: u32| runtime.join("mounts").join(format!("{pid}.json"));
     let m = common::images::mount_image(&store, "known:1", None);
     let pid = m.pid().unwrap();
     assert!(record_of(pid).is_file());
