@@ -15,6 +15,13 @@
 //!   tree the container showed; `whiteouts` over that stack must charge
 //!   exactly the bytes the changes left hidden and shadowed.
 //! * `bad_input_is_one_line`: missing layers and bad paths.
+//! * `known_image_through_the_cli`: the known stack as an image of the
+//!   store (with an `empty_layer` history entry): `history`, `whiteouts`
+//!   and `which --image` give the same numbers with each layer named by
+//!   diff_id and history; `which PATH` on a live mount of the image, of a
+//!   container and of plain directories finds the layers through the
+//!   daemon's record, which goes with the daemon; `diff CONTAINER` on a
+//!   mounted container; bad references are one line.
 
 mod common;
 
@@ -625,4 +632,318 @@ fn lower_hard_link_group_changed_through_one_name() {
     after.entries.remove(&Vec::new());
     let problems = diff_with(&before, &after, &opts);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The known stack as an image: OCI whiteouts (`.wh.keep` for the char
+/// device), history `L2`, `L1`, an `ENV` entry that made no layer, `L0`.
+/// Returns the store (with the image as `known:1`) and the diff_ids, top
+/// first.
+fn known_image(root: &Path) -> (PathBuf, Vec<String>) {
+    use common::images::{Comp, compress, hex_digest, put_blob, tar_of};
+    let layers = known_stack(root);
+    fs::remove_file(layers[0].join("keep")).unwrap();
+    file(&layers[0], ".wh.keep", b"");
+    let layout = root.join("layout");
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers.iter().rev() {
+        let tar = tar_of(l, false);
+        diff_ids.push(hex_digest(&tar));
+        let (d, size) = put_blob(&layout, &compress(&tar, Comp::Gzip));
+        descs.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": size}));
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [
+            {"created": "2024-01-01T00:00:00Z", "created_by": "L2"},
+            {"created": "2024-01-02T00:00:00Z", "created_by": "L1"},
+            {"created": "2024-01-03T00:00:00Z", "created_by": "ENV X=1", "empty_layer": true},
+            {"created": "2024-01-04T00:00:00Z", "created_by": "L0", "comment": "top"},
+        ],
+    });
+    let (cd, csize) = put_blob(&layout, &serde_json::to_vec(&config).unwrap());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": csize},
+        "layers": descs,
+    });
+    let (md, msize) = put_blob(&layout, &serde_json::to_vec(&manifest).unwrap());
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": msize,
+        "annotations": {"org.opencontainers.image.ref.name": "1"}}]});
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    let store = root.join("store");
+    let out = common::images::import(&store, &layout, "known:1");
+    assert!(out.status.success(), "{}", common::images::stderr_of(&out));
+    diff_ids.reverse();
+    (store, diff_ids)
+}
+
+/// `(layer, created_by, diff_id)` of a report's `image_layers`.
+fn labels(v: &Value) -> Vec<(u64, Value, Value)> {
+    v["image_layers"]
+        .as_array()
+        .expect("image_layers")
+        .iter()
+        .map(|l| {
+            (
+                l["layer"].as_u64().unwrap(),
+                l["created_by"].clone(),
+                l["diff_id"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// `history`, `whiteouts` and `which` over an image of the store give the
+/// numbers the known stack gives, with each layer named by its diff_id
+/// and history entry; `which PATH` on live mounts (of the image, of a
+/// container on it, and a plain `-o lowerdir=` mount) finds their layers
+/// through the daemon's record, which goes with the daemon.
+#[test]
+fn known_image_through_the_cli() {
+    common::require_root();
+    let dir = common::tempdir("layerfs-inspect-image-");
+    let root = dir.path().canonicalize().unwrap();
+    let (store, ids) = known_image(&root);
+    let st = store.to_str().unwrap();
+
+    let h = json(&["history", "known:1", "--json", "--store", st], &[]);
+    let got: Vec<(Value, Value, Value, Value, Value, Value, u64)> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["layer"].clone(),
+                e["diff_id"].clone(),
+                e["created_by"].clone(),
+                e["added"].clone(),
+                e["changed"].clone(),
+                e["deleted"].clone(),
+                e["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let j = |v: serde_json::Value| v;
+    assert_eq!(
+        got,
+        vec![
+            (
+                j(0.into()),
+                j(ids[0].clone().into()),
+                j("L0".into()),
+                j(1.into()),
+                j(0.into()),
+                j(1.into()),
+                40
+            ),
+            (
+                Value::Null,
+                Value::Null,
+                j("ENV X=1".into()),
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                0
+            ),
+            (
+                j(1.into()),
+                j(ids[1].clone().into()),
+                j("L1".into()),
+                j(1.into()),
+                j(1.into()),
+                j(3.into()),
+                80
+            ),
+            (
+                j(2.into()),
+                j(ids[2].clone().into()),
+                j("L2".into()),
+                j(5.into()),
+                j(0.into()),
+                j(0.into()),
+                1035
+            ),
+        ]
+    );
+    assert_eq!(h[0]["comment"], "top");
+    assert_eq!(h[1]["empty_layer"], true);
+    assert_eq!(h[1]["created"], "2024-01-03T00:00:00Z");
+
+    let want_labels: Vec<(u64, Value, Value)> = (0..3)
+        .map(|i| {
+            (
+                i as u64,
+                Value::from(format!("L{i}")),
+                Value::from(ids[i].clone()),
+            )
+        })
+        .collect();
+    let w = json(&["whiteouts", "known:1", "--json", "--store", st], &[]);
+    assert_eq!(labels(&w), want_labels);
+    assert_eq!(w["total"]["hidden_bytes"], 1080);
+    assert_eq!(w["total"]["wasted_bytes"], 1085);
+    let marks: Vec<(u64, &str, &str)> = w["whiteouts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["layer"].as_u64().unwrap(),
+                m["path"].as_str().unwrap(),
+                m["mark"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        marks,
+        vec![
+            (1, "/big", "whiteout"),
+            (0, "/keep", "whiteout"),
+            (1, "/dir", "opaque")
+        ]
+    );
+
+    let r = json(
+        &[
+            "which", "--image", "known:1", "/dir/c", "--json", "--store", st,
+        ],
+        &[],
+    );
+    assert_eq!(r["provider"]["layer"], 1);
+    assert_eq!(r["provider"]["size"], 30);
+    assert_eq!(labels(&r), want_labels);
+    let (code, out, err) = run(
+        &["which", "--image", "known:1", "/dir/c", "--store", st],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("from layer 1") && out.contains(" L1"), "{out}");
+    let (code, out, err) = run(&["history", "known:1", "--store", st], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ENV X=1") && out.contains("L0 (top)"), "{out}");
+    let (code, out, err) = run(&["whiteouts", "known:1", "--store", st], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("/big") && out.contains(" L1"), "{out}");
+
+    // A live mount of the image: `which PATH` finds its layers.
+    let runtime = std::env::var_os("LAYERFS_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("/run/layerfs"), PathBuf::from);
+    let record_of = |pid: u32| runtime.join("mounts").join(format!("{pid}.json"));
+    let m = common::images::mount_image(&store, "known:1", None);
+    let pid = m.pid().unwrap();
+    assert!(record_of(pid).is_file());
+    let r = json(&["which", "--json"], &[&m.path().join("dir/c")]);
+    assert_eq!(r["provider"]["layer"], 1);
+    let id = layerfs::image::Store::open(&store)
+        .unwrap()
+        .resolve_image("known:1")
+        .unwrap()
+        .record
+        .id;
+    assert_eq!(r["image"], id.as_str());
+    assert_eq!(labels(&r), want_labels);
+    let r = json(&["which", "--json"], &[&m.path().join("dir/a")]);
+    assert_eq!(r["provider"], Value::Null);
+    assert_eq!(r["hidden"][1]["reason"]["by"], "opaque");
+    let (code, out, err) = run(&["which"], &[&m.path().join("keep")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("/keep: not in the merged tree"), "{out}");
+    assert!(out.contains("whited out by layer 0 at /keep"), "{out}");
+    // Nothing of the record shows in the mount.
+    let names: Vec<_> = fs::read_dir(m.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["dir"]);
+    drop(m);
+    assert!(!record_of(pid).exists(), "the record outlived its mount");
+
+    // A container on it: its layer comes first.
+    let m = common::images::mount_image(&store, "known:1", Some("c"));
+    file(m.path(), "dir/new", b"new");
+    let r = json(&["which", "--json"], &[&m.path().join("dir/new")]);
+    assert_eq!(r["provider"]["layer"], 0);
+    assert_eq!(r["image_layers"][0]["upper"], true);
+    assert_eq!(r["image_layers"][1]["created_by"], "L0");
+    assert_eq!(r["merged_from"], serde_json::json!([]));
+    let r = json(&["which", "--json"], &[&m.path().join("dir")]);
+    assert_eq!(r["merged_from"], serde_json::json!([0, 1, 2]));
+    // diff CONTAINER reads a mounted container too.
+    let (code, out, err) = run(&["diff", "c", "--store", st], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["C /dir", "A /dir/new"]);
+    drop(m);
+
+    // A plain mount of directories.
+    let layers: Vec<PathBuf> = ["l0", "l1", "l2"].iter().map(|l| root.join(l)).collect();
+    let m = LayerfsMount::mount(&layers, "");
+    let r = json(&["which", "--json"], &[&m.path().join("dir/c")]);
+    assert_eq!(r["provider"]["layer"], 1);
+    assert_eq!(r["provider"]["dir"], layers[1].to_str().unwrap());
+    assert_eq!(r["image"], Value::Null);
+    assert_eq!(r["image_layers"][1]["created_by"], Value::Null);
+    // Relative to the current directory, too.
+    let out = Command::new(common::layerfs_bin())
+        .args(["which", "dir/d"])
+        .current_dir(m.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dir/d file from layer 0"), "{text}");
+    drop(m);
+
+    // Bad input: one line each.
+    for (args, extra, wanted) in [
+        (
+            vec!["history", "nope", "--store", st],
+            vec![],
+            "image nope: not found",
+        ),
+        (
+            vec!["whiteouts", "nope", "--store", st],
+            vec![],
+            "image nope: not found",
+        ),
+        (
+            vec!["which"],
+            vec![root.join("l0")],
+            "not on a live layerfs mount",
+        ),
+        (
+            vec!["diff", "nope", "--store", st],
+            vec![],
+            "no container nope",
+        ),
+        (
+            vec!["which", "--image", "nope", "/x", "--store", st],
+            vec![],
+            "image nope: not found",
+        ),
+    ] {
+        let extra: Vec<&Path> = extra.iter().map(PathBuf::as_path).collect();
+        let (code, out, err) = run(&args, &extra);
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(wanted), "{args:?}: {err}");
+    }
+    let out = Command::new(common::layerfs_bin())
+        .args(["rm", "c", "--store", st])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
 }

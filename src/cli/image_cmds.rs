@@ -76,7 +76,7 @@ pub struct ExportArgs {
     pub store: StoreArg,
 }
 
-fn open_store(dir: Option<&std::path::Path>) -> Result<Store, String> {
+pub(super) fn open_store(dir: Option<&std::path::Path>) -> Result<Store, String> {
     Store::open(&Store::resolve_dir(dir))
         .map(|s| s.with_mount_check(super::is_layerfs_mount))
         .map_err(|e| e.to_string())
@@ -353,6 +353,9 @@ pub fn run_image_mount(mut args: MountArgs) -> i32 {
     }
     let image_id = image.record.id.clone();
     let container_name = container.map(|c| c.record.name);
+    // What the daemon's live-mount record says (for `which PATH`).
+    args.image = Some(image_id.to_string());
+    args.store = Some(store.root().to_path_buf());
     // Runs in the daemon once the mount is live; the store stays locked
     // until the record is written.
     let on_live: super::OnLive = Box::new(move || {
@@ -363,4 +366,59 @@ pub fn run_image_mount(mut args: MountArgs) -> i32 {
         Ok(Box::new(guard) as Box<dyn std::any::Any>)
     });
     super::run_mount_with(args, Some(on_live))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CommitArgs {
+    /// The container whose writable layer becomes the new image's top layer.
+    pub container: String,
+    /// The new image's NAME[:TAG]; an image that has it loses it, as with
+    /// `docker commit`.
+    #[arg(long, value_name = "NAME[:TAG]")]
+    pub image: String,
+    /// The comment of the new history entry.
+    #[arg(short, long, value_name = "TEXT")]
+    pub message: Option<String>,
+    /// How the layer blob is compressed: gzip, zstd or none.
+    #[arg(long, default_value = "gzip", value_name = "gzip|zstd|none")]
+    pub compress: String,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `commit CONTAINER --image NAME[:TAG]`: prints the new image's id.
+pub fn run_commit(args: CommitArgs) -> i32 {
+    report((|| {
+        let compression = image::commit::parse_compression(&args.compress).ok_or_else(|| {
+            format!(
+                "commit {}: --compress {}: want gzip, zstd or none",
+                args.container, args.compress
+            )
+        })?;
+        let store = open_store(args.store.store.as_deref())?;
+        let opts = image::commit::CommitOptions {
+            name: args.image.clone(),
+            message: args.message.clone(),
+            compression,
+        };
+        let r = image::commit::commit(&store, &args.container, &opts).map_err(|e| e.to_string())?;
+        let s = &r.summary;
+        eprintln!(
+            "layerfs: committed {} as {}: layer {} ({} entries, {} whiteouts, {} bytes of files)",
+            args.container,
+            r.image.names.join(", "),
+            r.layer.diff_id,
+            s.entries,
+            s.whiteouts,
+            s.bytes
+        );
+        if let Some(old) = &r.name_taken_from {
+            eprintln!(
+                "layerfs: the name {} was taken from image {old}",
+                args.image
+            );
+        }
+        println!("{}", r.image.id);
+        Ok(())
+    })())
 }

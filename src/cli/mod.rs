@@ -6,6 +6,7 @@ pub mod compat;
 mod daemon;
 mod image_cmds;
 mod inspect_cmds;
+mod live_mounts;
 mod logging;
 pub mod options;
 mod run_cmd;
@@ -63,6 +64,8 @@ enum Command {
     Diff(inspect_cmds::DiffArgs),
     /// Run a command in a container.
     Run(run_cmd::RunArgs),
+    /// Make a container's writable layer the top layer of a new image.
+    Commit(image_cmds::CommitArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -181,6 +184,7 @@ pub fn main() -> i32 {
         Command::Which(args) => inspect_cmds::which(args),
         Command::Diff(args) => inspect_cmds::diff(args),
         Command::Run(args) => run_cmd::run(args),
+        Command::Commit(args) => image_cmds::run_commit(args),
     }
 }
 
@@ -375,6 +379,12 @@ fn run_mount_with(args: MountArgs, on_live: Option<OnLive>) -> i32 {
             return 1;
         }
     };
+    let _record = live_mounts::record(
+        &validated,
+        args.image.as_deref(),
+        args.store.as_deref(),
+        args.container.as_deref(),
+    );
     readiness.ready();
     match mounted.serve() {
         Ok(()) => 0,

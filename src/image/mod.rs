@@ -5,6 +5,7 @@
 //! directories from here. The layout is written down in docs/formats.md.
 
 pub mod archive;
+pub mod commit;
 pub mod containers;
 pub mod digest;
 pub mod export;

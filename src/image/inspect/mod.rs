@@ -2,7 +2,8 @@
 //! costs (`whiteouts`), what each layer adds, changes and deletes
 //! (`history`), which layer provides a path (`which`), what a container
 //! layer changed (`diff`), and writing a container layer as an OCI layer
-//! tar (`commit`).
+//! tar (`commit`). For an image of the store the same reports name each
+//! layer by its diff_id and history entry (`image_view.rs`).
 //!
 //! Everything here works on layer directories as they lie on disk (either
 //! whiteout dialect, opaque marks, redirects in an upper); how a layer's
@@ -11,6 +12,7 @@
 
 mod analysis;
 mod diff;
+mod image_view;
 mod index;
 mod tar_writer;
 mod which;
@@ -27,6 +29,10 @@ pub use analysis::{
     WhiteoutReport, history, whiteouts,
 };
 pub use diff::{Change, ChangeKind, diff, diff_container};
+pub use image_view::{
+    ImageHistoryEntry, ImageWhiteoutReport, LabelledWhich, LayerLabel, image_history,
+    image_whiteouts, label_layers, labelled_which, short,
+};
 pub use tar_writer::{LayerTarSummary, write_container_layer_tar, write_layer_tar};
 pub use which::{HideReason, WhichEntry, WhichReport, which};
 
