@@ -3,6 +3,8 @@
 //! nothing and change nothing; `layerfs umount` of something that is not a
 //! layerfs mount fails the same way.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -10,6 +12,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use common::tmpfs::Tmpfs;
 
 const BIN: &str = env!("CARGO_BIN_EXE_layerfs");
 
@@ -78,34 +82,6 @@ impl Drop for Scene {
         for (mnt, _) in self.mounts().into_iter().rev() {
             let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
         }
-    }
-}
-
-/// A tmpfs mounted for the test; unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// None when we may not mount (not root): the caller skips its test.
-    fn mount(dir: &Path) -> Option<Tmpfs> {
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "tmpfs"])
-            .arg(dir)
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ok {
-            Some(Tmpfs(dir.to_path_buf()))
-        } else {
-            eprintln!("skipped: cannot mount a tmpfs on {}", dir.display());
-            None
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -367,9 +343,7 @@ fn lower_inside_mountpoint() {
 fn mountpoint_already_mounted() {
     let sc = Scene::new();
     let (l, mnt) = (sc.dir("l"), sc.dir("mnt"));
-    let Some(_tmpfs) = Tmpfs::mount(&mnt) else {
-        return;
-    };
+    let _tmpfs = Tmpfs::mount(&mnt, "");
     fs::write(mnt.join("on-tmpfs"), "x").expect("write on tmpfs");
     let opts = format!("lowerdir={}", esc(&l));
     expect_failure(&sc, &mount_o(&opts, &mnt), &[&s(&mnt), "mount point"]);
@@ -463,9 +437,7 @@ fn upper_and_work_on_different_filesystems() {
     let sc = Scene::new();
     let (l, u, mnt) = (sc.dir("l"), sc.dir("u"), sc.dir("mnt"));
     let other = sc.dir("other-fs");
-    let Some(_tmpfs) = Tmpfs::mount(&other) else {
-        return;
-    };
+    let _tmpfs = Tmpfs::mount(&other, "");
     let w = other.join("w");
     fs::create_dir(&w).expect("mkdir on tmpfs");
     let opts = format!(
@@ -519,9 +491,7 @@ fn umount_of_a_plain_directory() {
 fn umount_leaves_other_filesystems_alone() {
     let sc = Scene::new();
     let mnt = sc.dir("mnt");
-    let Some(_tmpfs) = Tmpfs::mount(&mnt) else {
-        return;
-    };
+    let _tmpfs = Tmpfs::mount(&mnt, "");
     expect_failure(&sc, &[os("umount"), os(&mnt)], &[&s(&mnt)]);
     assert_eq!(sc.mounts(), vec![(mnt.clone(), "tmpfs".to_string())]);
 }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::tmpfs::Tmpfs;
 use common::{LayerfsMount, is_mounted};
-use nix::mount::{MntFlags, MsFlags};
 
 /// A lower holding `f`, and an empty upper and work dir under `back`.
 struct Layers {
@@ -139,46 +139,6 @@ fn sighup_detaches_a_busy_mount_and_the_daemon_ends_when_it_is_free() {
     );
 }
 
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path) -> Tmpfs {
-        fs::create_dir_all(at).expect("mkdir tmpfs mount point");
-        nix::mount::mount(
-            Some("tmpfs"),
-            at,
-            Some("tmpfs"),
-            MsFlags::empty(),
-            Some("size=16m"),
-        )
-        .expect("mounting a tmpfs");
-        Tmpfs(at.to_path_buf())
-    }
-
-    fn remount(&self, read_only: bool) {
-        let ro = if read_only {
-            MsFlags::MS_RDONLY
-        } else {
-            MsFlags::empty()
-        };
-        nix::mount::mount(
-            None::<&str>,
-            &self.0,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | ro,
-            Some("size=16m"),
-        )
-        .expect("remounting the tmpfs");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, MntFlags::MNT_DETACH);
-    }
-}
-
 fn assert_erofs<T: std::fmt::Debug>(what: &str, r: std::io::Result<T>) {
     match r {
         Err(e) if e.raw_os_error() == Some(libc::EROFS) => {}
@@ -190,8 +150,8 @@ fn assert_erofs<T: std::fmt::Debug>(what: &str, r: std::io::Result<T>) {
 fn an_upper_on_a_read_only_filesystem_fails_writes_and_keeps_serving_reads() {
     common::require_root();
     let tmp = common::tempdir("layerfs-rofs-");
-    let back = Tmpfs::mount(&tmp.path().join("back"));
-    let layers = Layers::new(tmp.path(), &back.0);
+    let back = Tmpfs::mount(&tmp.path().join("back"), "size=16m");
+    let layers = Layers::new(tmp.path(), back.path());
     let mount = layers.mount();
     let m = mount.path().to_path_buf();
     fs::write(m.join("new"), b"written before").expect("create in the upper");

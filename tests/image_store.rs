@@ -9,6 +9,7 @@ use std::process::Command;
 
 use common::images::*;
 use common::layerfs_bin;
+use common::tmpfs::Tmpfs;
 
 #[test]
 fn hostile_archives_are_refused_in_one_line_and_change_nothing() {
@@ -320,32 +321,6 @@ fn rmi_containers_and_rm_keep_what_is_in_use() {
     );
 }
 
-/// A small tmpfs, unmounted on drop.
-struct Tmpfs {
-    path: std::path::PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Tmpfs {
-        fs::create_dir_all(path).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "mount tmpfs: {}", stderr_of(&out));
-        Tmpfs {
-            path: path.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.path).status();
-    }
-}
-
 #[test]
 fn a_full_disk_fails_the_import_in_one_line_and_leaves_the_store_as_it_was() {
     common::require_root();
@@ -367,8 +342,8 @@ fn a_full_disk_fails_the_import_in_one_line_and_leaves_the_store_as_it_was() {
         tag: "x",
     };
     write_layout(&layout, &[spec], false);
-    let small = Tmpfs::mount(&dir.path().join("small"), "2m");
-    let store = small.path.join("store");
+    let small = Tmpfs::mount(&dir.path().join("small"), "size=2m");
+    let store = small.path().join("store");
     layerfs_ok(&store, &["images".as_ref()]);
     let before = listing(&store);
     let out = import(&store, &layout, "full:1");

@@ -30,7 +30,6 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, lchown, symlink};
@@ -39,6 +38,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::tmpfs::Tmpfs;
 use common::{
     Dialect, DiffOptions, KernelOverlay, Kind, LayerfsMount, Tree, diff_with, escape_opt_path,
     is_mounted, materialize, snapshot,
@@ -631,61 +631,6 @@ fn crash_during_copy_up_leaves_nothing_half_copied() {
     );
 }
 
-/// A tmpfs mounted for one test; unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, opts: &str) -> Tmpfs {
-        let target = common::sys::cpath(dir);
-        let data = CString::new(opts).expect("options without NUL");
-        // SAFETY: valid NUL-terminated strings.
-        let rc = unsafe {
-            libc::mount(
-                c"tmpfs".as_ptr(),
-                target.as_ptr(),
-                c"tmpfs".as_ptr(),
-                0,
-                data.as_ptr().cast(),
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "mount -t tmpfs -o {opts} {}: {}",
-            dir.display(),
-            io::Error::last_os_error()
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-
-    /// `mount -o remount,ro`.
-    fn remount_ro(&self) {
-        let target = common::sys::cpath(&self.0);
-        // SAFETY: valid NUL-terminated strings.
-        let rc = unsafe {
-            libc::mount(
-                c"tmpfs".as_ptr(),
-                target.as_ptr(),
-                c"tmpfs".as_ptr(),
-                libc::MS_REMOUNT | libc::MS_RDONLY,
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0, "remount,ro: {}", io::Error::last_os_error());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let c = common::sys::cpath(&self.0);
-        // SAFETY: valid path.
-        if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
-            // SAFETY: valid path.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
-}
-
 /// Bytes in use on the filesystem holding `p`.
 fn used_bytes(p: &Path) -> u64 {
     let c = common::sys::cpath(p);
@@ -1118,7 +1063,7 @@ fn bad_writable_missing_or_unusable_dirs() {
     let (ru, rw) = (ro.join("u"), ro.join("w"));
     fs::create_dir(&ru).expect("mkdir");
     fs::create_dir(&rw).expect("mkdir");
-    tmpfs.remount_ro();
+    tmpfs.remount(true);
     sc.expect_failure(&refs(&o_args(&l, &ru, &rw, &mnt)), &[&s(&ru), "read-only"]);
     drop(tmpfs);
 }

@@ -11,6 +11,7 @@ pub mod meta;
 pub mod mounts;
 pub mod ops;
 pub mod sys;
+pub mod tmpfs;
 pub mod tree;
 
 pub use materialize::{Dialect, fixture_names, fixtures_dir, layer_names, materialize};
