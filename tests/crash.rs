@@ -23,23 +23,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::rng::Rng;
 use common::{KernelOverlay, LayerfsMount};
-
-/// xorshift64*: seeded, so a failing run can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// The content of file `id`: a header naming it and its length, then bytes
 /// that depend on both.
@@ -222,7 +207,7 @@ fn killed_at_random_moments_nothing_is_half_done() {
     let runs = env_u64("LAYERFS_CRASH_RUNS").unwrap_or(20);
     let seed = env_u64("LAYERFS_CRASH_SEED").unwrap_or(0xc4a5_4ed5);
     eprintln!("crash: {runs} kills, LAYERFS_CRASH_SEED={seed}");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let tmp = common::tempdir("layerfs-crash-");
     let root = tmp.path().canonicalize().expect("canonical temp dir");
     let (lower, upper, work) = (root.join("lower"), root.join("upper"), root.join("work"));
@@ -254,7 +239,7 @@ fn killed_at_random_moments_nothing_is_half_done() {
         let stop = Arc::new(AtomicBool::new(false));
         let client_thread = {
             let (mnt, stop) = (mount.path().to_path_buf(), stop.clone());
-            let client_rng = Rng(rng.next() | 1);
+            let client_rng = Rng::new(rng.next());
             let first_id = 1_000_000 * (run + 1);
             std::thread::spawn(move || client(&mnt, client_rng, first_id, &stop))
         };

@@ -24,35 +24,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::load::{Load, Worker, run_with_watchdog};
+use common::rng::Rng;
 use common::{KernelOverlay, LayerfsMount, Tree};
 
 const THREADS: usize = 4;
 const STALL: Duration = Duration::from_secs(20);
 /// Lower files per thread subtree.
 const LOWER_FILES: usize = 12;
-
-/// xorshift64*: a small seeded generator, so a failing run can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let seed = self.next();
-        (0..len)
-            .map(|i| (seed.rotate_left(i as u32 % 64) as u8) ^ (i as u8))
-            .collect()
-    }
-}
 
 /// One file's data and mode, shared by its hard links.
 #[derive(Clone, Debug, PartialEq)]
@@ -507,7 +485,7 @@ fn random_operations_keep_every_byte() {
         fs::create_dir(d).expect("mkdir");
     }
     fs::create_dir(lower.join("shared")).expect("mkdir shared");
-    let mut seeds = Rng(seed | 1);
+    let mut seeds = Rng::new(seed);
     let mut models = Vec::new();
     for id in 0..THREADS {
         let mut m = Model::default();
@@ -548,7 +526,7 @@ fn random_operations_keep_every_byte() {
                 root: mnt.join(format!("t{id}")),
                 shared: mnt.join("shared"),
                 model: model.clone(),
-                rng: Rng(seeds.next() | 1),
+                rng: Rng::new(seeds.next()),
                 next_name: 0,
             };
             Box::new(move |l: &Load| actor.step(l)) as Worker

@@ -12,6 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::options::ValidatedMount;
+use crate::image::containers::pid_alive;
 use crate::layers::RelPath;
 
 /// mounts/<pid>.json in the runtime dir.
@@ -125,16 +126,6 @@ pub fn record(
             tracing::warn!(path = %path.display(), error = %e, "cannot record the mount; `which` will not find it");
             None
         }
-    }
-}
-
-fn pid_alive(pid: u32) -> bool {
-    let Ok(raw) = i32::try_from(pid) else {
-        return false;
-    };
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None) {
-        Ok(()) | Err(nix::errno::Errno::EPERM) => true,
-        Err(_) => false,
     }
 }
 

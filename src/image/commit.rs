@@ -71,17 +71,7 @@ fn commit_in(store: &Store, name: &str, opts: &CommitOptions) -> Result<CommitRe
         .ok_or_else(|| ImageError::new(format!("container {name}: not found")))?;
     // A mount starts only under the exclusive lock held here, so none can
     // begin while the layer is read.
-    if let Some(m) = store
-        .live_mounts()?
-        .into_iter()
-        .find(|m| m.container.as_deref() == Some(name))
-    {
-        return Err(ImageError::new(format!(
-            "container {name}: mounted at {} (pid {}); unmount it first",
-            m.mountpoint.display(),
-            m.pid
-        )));
-    }
+    store.require_unmounted(name)?;
     let base = store
         .resolve_image(container.record.image.as_str())
         .map_err(|e| e.context(format!("container {name}: its image")))?;

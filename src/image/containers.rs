@@ -64,7 +64,8 @@ pub fn valid_container_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-fn pid_alive(pid: u32) -> bool {
+/// Whether process `pid` exists (a record's owner is gone when not).
+pub fn pid_alive(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
         return false;
     };
@@ -167,23 +168,29 @@ impl Store {
             .ok_or_else(|| ImageError::new(format!("container {name}: vanished after creation")))
     }
 
+    /// An error naming the mount if the container `name` is mounted.
+    pub fn require_unmounted(&self, name: &str) -> Result<()> {
+        match self
+            .live_mounts()?
+            .into_iter()
+            .find(|m| m.container.as_deref() == Some(name))
+        {
+            Some(m) => Err(ImageError::new(format!(
+                "container {name}: mounted at {} (pid {}); unmount it first",
+                m.mountpoint.display(),
+                m.pid
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Remove a container and its writable layer; refused while mounted.
     pub fn remove_container(&self, lock: &StoreLock, name: &str) -> Result<ContainerRecord> {
         self.require_exclusive(lock)?;
         let c = self
             .load_container(name)?
             .ok_or_else(|| ImageError::new(format!("container {name}: not found")))?;
-        if let Some(m) = self
-            .live_mounts()?
-            .into_iter()
-            .find(|m| m.container.as_deref() == Some(name))
-        {
-            return Err(ImageError::new(format!(
-                "container {name}: mounted at {} (pid {}); unmount it first",
-                m.mountpoint.display(),
-                m.pid
-            )));
-        }
+        self.require_unmounted(name)?;
         let doomed = self
             .tmp_dir()
             .join(format!("rm-container-{name}-{}", std::process::id()));

@@ -10,6 +10,7 @@ pub mod materialize;
 pub mod meta;
 pub mod mounts;
 pub mod ops;
+pub mod rng;
 pub mod sys;
 pub mod tmpfs;
 pub mod tree;
