@@ -3,6 +3,7 @@
 //! and /etc/fstab.
 
 pub mod compat;
+mod container_cmds;
 mod daemon;
 mod image_cmds;
 mod inspect_cmds;
@@ -63,6 +64,10 @@ enum Command {
     Diff(inspect_cmds::DiffArgs),
     /// Run a command in a container.
     Run(run_cmd::RunArgs),
+    /// List the containers that run (-a: all, with how they ended).
+    Ps(container_cmds::PsArgs),
+    /// Run a container's command again, with the options it was run with.
+    Start(container_cmds::StartArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -181,6 +186,8 @@ pub fn main() -> i32 {
         Command::Which(args) => inspect_cmds::which(args),
         Command::Diff(args) => inspect_cmds::diff(args),
         Command::Run(args) => run_cmd::run(args),
+        Command::Ps(args) => container_cmds::ps(args),
+        Command::Start(args) => container_cmds::start(args),
     }
 }
 

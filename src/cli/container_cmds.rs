@@ -1,0 +1,511 @@
+//! Containers kept in the store: `layerfs run IMAGE`, `start`, `ps`.
+//!
+//! A container lives in containers/<name>/ (docs/formats.md): its writable
+//! layer (`upper/`, `work/`), its init layer (`init/`: the mount points its
+//! image lacks), the files bound over /etc (`etc/`), the mount point of its
+//! root (`rootfs/`) and its state (`state.json`: what it runs, the pid of
+//! the `layerfs run` running it, how its last run ended), changed only
+//! under the store's exclusive lock.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::run_cmd::{RunArgs, build_spec, short_id, write_etc_files};
+use crate::image::containers::{ContainerState, ContainerStatus};
+use crate::image::{Container, Image, Store};
+use crate::runtime::{self, ImageDefaults, RunSpec, cgroup, initlayer};
+
+fn fail(e: impl std::fmt::Display) -> i32 {
+    eprintln!("layerfs: {e}");
+    runtime::EXIT_RUNTIME_FAILED
+}
+
+fn open_store(dir: Option<&Path>) -> Result<Store, String> {
+    Store::open(&Store::resolve_dir(dir))
+        .map(|s| s.with_mount_check(super::is_layerfs_mount))
+        .map_err(|e| e.to_string())
+}
+
+/// The image config's process defaults (Entrypoint, Cmd, Env, WorkingDir,
+/// User); absent or null fields are empty.
+pub fn image_defaults(image: &Image) -> ImageDefaults {
+    let Some(cfg) = image.config.config.as_ref() else {
+        return ImageDefaults::default();
+    };
+    let strings = |key: &str| -> Vec<String> {
+        cfg.get(key)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let string = |key: &str| -> String {
+        cfg.get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    ImageDefaults {
+        entrypoint: strings("Entrypoint"),
+        cmd: strings("Cmd"),
+        env: strings("Env"),
+        working_dir: string("WorkingDir"),
+        user: string("User"),
+    }
+}
+
+/// Where a container's runtime files live, beside its writable layer.
+struct Paths {
+    init: PathBuf,
+    etc: PathBuf,
+    rootfs: PathBuf,
+}
+
+impl Paths {
+    fn of(c: &Container) -> Paths {
+        Paths {
+            init: c.dir.join("init"),
+            etc: c.dir.join("etc"),
+            rootfs: c.dir.join("rootfs"),
+        }
+    }
+}
+
+/// Refuse a container that `mount --image --container` has mounted: one
+/// writable layer is never mounted twice.
+fn refuse_if_mounted(store: &Store, name: &str) -> Result<(), String> {
+    let mounts = store.live_mounts().map_err(|e| e.to_string())?;
+    match mounts.iter().find(|m| m.container.as_deref() == Some(name)) {
+        Some(m) => Err(format!(
+            "container {name}: mounted at {} (pid {}); unmount it first",
+            m.mountpoint.display(),
+            m.pid
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A container ready to run: its state written (running, with our pid).
+struct Prepared {
+    image: Image,
+    container: Container,
+    spec: RunSpec,
+    state: ContainerState,
+}
+
+/// `layerfs run [OPTIONS] IMAGE [CMD...]`.
+pub fn run_image(args: &RunArgs) -> i32 {
+    let Some((image_ref, command)) = args.args.split_first() else {
+        return fail("run: name an image (or --rootfs DIR)");
+    };
+    // Refused before anything is made.
+    if let Err(e) = super::run_cmd::limits(args) {
+        return fail(format!("run: {e}"));
+    }
+    let store = match open_store(args.store.store.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("run: {e}")),
+    };
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("run-{}", short_id()));
+    let prepared = (|| -> Result<Prepared, String> {
+        let lock = store.lock(true).map_err(|e| e.to_string())?;
+        let _ = store.reap_containers(&lock);
+        let image = store.resolve_image(image_ref).map_err(|e| e.to_string())?;
+        let existed = match store.container_state(&name).map_err(|e| e.to_string())? {
+            Some(state) => {
+                if let ContainerStatus::Running { pid } = state.status() {
+                    return Err(format!(
+                        "container {name}: already running (layerfs run, pid {pid})"
+                    ));
+                }
+                refuse_if_mounted(&store, &name)?;
+                true
+            }
+            None => false,
+        };
+        let container = store
+            .create_container(&lock, &name, &image.record.id)
+            .map_err(|e| e.to_string())?;
+        let made = (|| {
+            let paths = Paths::of(&container);
+            prepare_dirs(&image, &paths)?;
+            let hostname = args
+                .hostname
+                .clone()
+                .unwrap_or_else(|| name.chars().take(63).collect());
+            let spec = build_spec(
+                args,
+                command,
+                &image_defaults(&image),
+                &paths.rootfs,
+                &paths.etc,
+                &hostname,
+            )?;
+            let json = serde_json::to_value(&spec).map_err(|e| e.to_string())?;
+            let state = ContainerState::started_here(spec.argv.clone(), json, args.rm);
+            store
+                .set_container_state(&lock, &name, &state)
+                .map_err(|e| e.to_string())?;
+            Ok((spec, state))
+        })();
+        match made {
+            Ok((spec, state)) => Ok(Prepared {
+                image,
+                container,
+                spec,
+                state,
+            }),
+            Err(e) => {
+                // A container this run made for nothing is not kept.
+                if !existed {
+                    let _ = store.remove_container(&lock, &name);
+                }
+                Err(e)
+            }
+        }
+    })();
+    match prepared {
+        Ok(p) => run_and_record(&store, p),
+        Err(e) => fail(format!("run: {e}")),
+    }
+}
+
+/// `layerfs start NAME`: run the container's recorded command again, with
+/// the options it was run with, attached.
+pub fn start(args: StartArgs) -> i32 {
+    let (name, store_dir) = (args.name.as_str(), args.store.store.as_deref());
+    let store = match open_store(store_dir) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("start: {e}")),
+    };
+    let prepared = (|| -> Result<Prepared, String> {
+        let lock = store.lock(true).map_err(|e| e.to_string())?;
+        let _ = store.reap_containers(&lock);
+        let container = store
+            .container(name)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("container {name}: not found"))?;
+        let old = store
+            .container_state(name)
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        if let ContainerStatus::Running { pid } = old.status() {
+            return Err(format!(
+                "container {name}: already running (layerfs run, pid {pid})"
+            ));
+        }
+        refuse_if_mounted(&store, name)?;
+        if old.spec.is_null() {
+            return Err(format!(
+                "container {name}: never run, so there is no command to start (use layerfs run)"
+            ));
+        }
+        let spec: RunSpec = serde_json::from_value(old.spec.clone())
+            .map_err(|e| format!("container {name}: state.json: {e}"))?;
+        if !spec.limits.is_empty() {
+            cgroup::hierarchy_for(&spec.limits)?;
+        }
+        let image = store
+            .find_image(&container.record.image.to_string())
+            .and_then(|r| store.load_image(r))
+            .map_err(|e| format!("container {name}: {e}"))?;
+        let paths = Paths::of(&container);
+        prepare_dirs(&image, &paths)?;
+        write_etc_files(&paths.etc, &spec.hostname)
+            .map_err(|e| format!("{}: {e}", paths.etc.display()))?;
+        let state = ContainerState::started_here(old.command, old.spec, old.auto_remove);
+        store
+            .set_container_state(&lock, name, &state)
+            .map_err(|e| e.to_string())?;
+        Ok(Prepared {
+            image,
+            container,
+            spec,
+            state,
+        })
+    })();
+    match prepared {
+        Ok(p) => run_and_record(&store, p),
+        Err(e) => fail(format!("start: {e}")),
+    }
+}
+
+/// Run a prepared container, then record how it ended (or remove it, for
+/// `--rm`). Its exit status.
+fn run_and_record(store: &Store, p: Prepared) -> i32 {
+    let code = match run_container(store, &p) {
+        Ok(code) => code,
+        Err(e) => fail(format!("run: {e}")),
+    };
+    let name = &p.container.record.name;
+    let mut state = p.state;
+    state.finish(code);
+    let recorded = store.lock(true).and_then(|lock| {
+        store.set_container_state(&lock, name, &state)?;
+        if state.auto_remove {
+            store.remove_container(&lock, name)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = recorded {
+        eprintln!("layerfs: run: container {name}: {e}");
+    }
+    code
+}
+
+/// The init layer (made once per container) and the mount point.
+fn prepare_dirs(image: &Image, paths: &Paths) -> Result<(), String> {
+    if !paths.init.is_dir() {
+        // Built beside and renamed, so a half-made init layer never shows.
+        let tmp = paths.init.with_extension("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let top_first: Vec<PathBuf> = image.layer_dirs.iter().rev().cloned().collect();
+        initlayer::build(&top_first, &tmp).map_err(|e| format!("init layer: {e}"))?;
+        std::fs::rename(&tmp, &paths.init).map_err(|e| format!("{}: {e}", paths.init.display()))?;
+    }
+    std::fs::create_dir_all(&paths.rootfs).map_err(|e| format!("{}: {e}", paths.rootfs.display()))
+}
+
+/// Mount the container's root, run it, unmount; its exit status.
+fn run_container(store: &Store, p: &Prepared) -> Result<i32, String> {
+    let paths = Paths::of(&p.container);
+    let mut daemon = mount_root(&p.image, &p.container, &paths)?;
+    // Recorded as a mount of the image, so `rmi` refuses it meanwhile.
+    let result = store
+        .lock(false)
+        .and_then(|lock| {
+            store.record_mount(
+                &lock,
+                &paths.rootfs,
+                &p.image.record.id,
+                Some(&p.container.record.name),
+            )
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|guard| {
+            let code = runtime::run(&p.spec).map_err(|e| e.to_string());
+            drop(guard);
+            code
+        });
+    unmount_root(&paths.rootfs, &mut daemon);
+    result
+}
+
+/// A foreground `layerfs mount` of the init layer and the image's layers
+/// under the container's upper. It unmounts when told (SIGTERM) and when
+/// this process ends, even killed (`--exit-with-parent`).
+fn mount_root(image: &Image, container: &Container, paths: &Paths) -> Result<Child, String> {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.args(["mount", "--foreground", "--exit-with-parent"]);
+    cmd.arg("--lower").arg(&paths.init);
+    for layer in image.lowerdirs() {
+        cmd.arg("--lower").arg(layer);
+    }
+    cmd.arg("--upper").arg(&container.upper);
+    cmd.arg("--work").arg(&container.work);
+    cmd.arg(&paths.rootfs);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("starting the mount: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "mounting {}: the daemon ended ({status})",
+                paths.rootfs.display()
+            ));
+        }
+        if super::is_layerfs_mount(&paths.rootfs) {
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            stop_daemon(&mut child);
+            return Err(format!(
+                "mounting {}: not live after 30 s",
+                paths.rootfs.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// SIGTERM makes the daemon unmount (lazily when the dying container still
+/// holds the mount) and end; SIGKILL if it does not.
+fn stop_daemon(daemon: &mut Child) {
+    if let Ok(pid) = i32::try_from(daemon.id()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = daemon.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+fn unmount_root(rootfs: &Path, daemon: &mut Child) {
+    stop_daemon(daemon);
+    if super::is_layerfs_mount(rootfs) {
+        let _ = nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PsArgs {
+    /// All containers, not only the running ones.
+    #[arg(short, long)]
+    pub all: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: super::image_cmds::StoreArg,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// The container's name.
+    pub name: String,
+    #[command(flatten)]
+    pub store: super::image_cmds::StoreArg,
+}
+
+/// One line of `layerfs ps`.
+#[derive(Debug, Serialize)]
+struct PsRow {
+    name: String,
+    image: String,
+    image_id: String,
+    command: Vec<String>,
+    created: String,
+    /// created, running or exited.
+    state: &'static str,
+    /// As docker shows it: `Up since ...`, `Exited (N) ...`, `Created`.
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished: Option<String>,
+}
+
+/// `layerfs ps [-a] [--json]`: the running containers, or all of them.
+/// Also removes `--rm` containers whose `layerfs run` was killed.
+pub fn ps(args: PsArgs) -> i32 {
+    let (all, json, store_dir) = (args.all, args.json, args.store.store.as_deref());
+    let listed = (|| -> Result<Vec<PsRow>, String> {
+        let store = open_store(store_dir)?;
+        let lock = store.lock(true).map_err(|e| e.to_string())?;
+        let _ = store.reap_containers(&lock);
+        let images = store.image_records().map_err(|e| e.to_string())?;
+        let mut rows = Vec::new();
+        for rec in store.container_records().map_err(|e| e.to_string())? {
+            let state = store
+                .container_state(&rec.name)
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
+            let status = state.status();
+            if !all && !matches!(status, ContainerStatus::Running { .. }) {
+                continue;
+            }
+            let (kind, shown, pid, exit_code, finished) = match status {
+                ContainerStatus::Created => ("created", "Created".to_string(), None, None, None),
+                ContainerStatus::Running { pid } => (
+                    "running",
+                    format!("Up since {}", state.started),
+                    Some(pid),
+                    None,
+                    None,
+                ),
+                ContainerStatus::Exited { code, finished } => {
+                    let code_text = code.map_or("unknown".to_string(), |c| c.to_string());
+                    let when = finished
+                        .as_deref()
+                        .map_or("(its layerfs run was killed)".to_string(), |f| {
+                            format!("at {f}")
+                        });
+                    (
+                        "exited",
+                        format!("Exited ({code_text}) {when}"),
+                        None,
+                        code,
+                        finished,
+                    )
+                }
+            };
+            let image = images
+                .iter()
+                .find(|i| i.id == rec.image)
+                .and_then(|i| i.names.first().cloned())
+                .unwrap_or_else(|| rec.image.hex().chars().take(12).collect());
+            rows.push(PsRow {
+                name: rec.name.clone(),
+                image,
+                image_id: rec.image.to_string(),
+                command: state.command.clone(),
+                created: rec.created.clone(),
+                state: kind,
+                status: shown,
+                pid,
+                exit_code,
+                started: (!state.started.is_empty()).then(|| state.started.clone()),
+                finished,
+            });
+        }
+        Ok(rows)
+    })();
+    let rows = match listed {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("layerfs: ps: {e}");
+            return 1;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&rows) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("layerfs: ps: {e}");
+                return 1;
+            }
+        }
+        return 0;
+    }
+    println!(
+        "{:<24} {:<24} {:<30} {:<22} STATUS",
+        "NAME", "IMAGE", "COMMAND", "CREATED"
+    );
+    for r in &rows {
+        let mut cmd = format!("{:?}", r.command.join(" "));
+        if cmd.chars().count() > 30 {
+            cmd = cmd.chars().take(27).collect::<String>() + "...";
+        }
+        println!(
+            "{:<24} {:<24} {cmd:<30} {:<22} {}",
+            r.name, r.image, r.created, r.status
+        );
+    }
+    0
+}
