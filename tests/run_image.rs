@@ -103,10 +103,13 @@ fn image_config_gives_defaults_and_options_override_them() {
 #[test]
 fn ps_shows_the_exited_and_start_runs_it_again() {
     let s = Store::new();
-    let script = "echo run >> /log; wc -l < /log; exit 7";
-    let o = s.run(&["--name", "s1", "img:1", "sh", "-c", script]);
+    let script =
+        "echo run >> /home/app/log; wc -l < /home/app/log; echo $N $(pwd) $(id -u); exit 7";
+    let o = s.run(&[
+        "--name", "s1", "-e", "N=opt", "-w", "/srv", "-u", "app", "img:1", "sh", "-c", script,
+    ]);
     assert_eq!(o.status.code(), Some(7), "{}", explain(&o));
-    assert_eq!(stdout(&o).trim(), "1");
+    assert_eq!(stdout(&o), "1\nopt /srv 1000\n");
     assert!(
         s.ps(false).is_empty(),
         "ps without -a lists only running ones"
@@ -127,16 +130,23 @@ fn ps_shows_the_exited_and_start_runs_it_again() {
     // start: the same command, on the same writable layer.
     let o = s.layerfs("start", &["s1"]);
     assert_eq!(o.status.code(), Some(7), "{}", explain(&o));
-    assert_eq!(stdout(&o).trim(), "2");
+    assert_eq!(stdout(&o), "2\nopt /srv 1000\n", "the same options");
     s.assert_nothing_mounted();
     assert_eq!(
-        fs::read(s.container_dir("s1").join("upper/log")).expect("/log"),
+        fs::read(s.container_dir("s1").join("upper/home/app/log")).expect("log"),
         b"run\nrun\n"
     );
     let all = s.ps(true);
     assert_eq!(all[0]["exit_code"], 7);
     let o = s.layerfs("start", &["nosuch"]);
     assert_refused(&o, 125, &["nosuch", "not found"]);
+    // The name is reused only on its own image.
+    let o = s.run(&["--name", "s1", "app:1"]);
+    assert_refused(&o, 125, &["s1", "made from image"]);
+    // A run with the name reuses the container: its layer, a new command.
+    let o = s.run(&["--name", "s1", "img:1", "cat", "/home/app/log"]);
+    assert!(o.status.success(), "{}", explain(&o));
+    assert_eq!(stdout(&o), "run\nrun\n");
     // rm of a stopped container: gone.
     let o = s.layerfs("rm", &["s1"]);
     assert!(o.status.success(), "{}", explain(&o));
@@ -162,8 +172,16 @@ fn a_running_container_is_refused_a_second_run_start_rm_and_rmi() {
     let o = s.layerfs("rm", &["busy"]);
     assert_refused(&o, 1, &["busy", "running"]);
     let o = s.layerfs("rmi", &["img:1"]);
-    assert_eq!(o.status.code(), Some(1), "{}", explain(&o));
+    assert_refused(&o, 1, &["img:1", "mounted"]);
     assert!(s.container_dir("busy").join("upper").is_dir());
+
+    // A container `mount --image --container` holds: never mounted twice.
+    {
+        let _held = common::images::mount_image(&s.path, "img:1", Some("held"));
+        let o = s.layerfs("run", &["--name", "held", "img:1", "true"]);
+        assert_refused(&o, 125, &["held", "mounted at"]);
+    }
+    assert!(s.layerfs("rm", &["held"]).status.success());
 
     s.signal(pid, Signal::SIGTERM);
     let status = s.wait(pid);

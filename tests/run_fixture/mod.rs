@@ -287,9 +287,12 @@ pub fn assert_refused(o: &Output, code: i32, words: &[&str]) {
     }
 }
 
-/// Path -> type and mode, owner, size, mtime, rdev, and content or link
-/// target, of every entry under `root`, not following symlinks.
-pub type Manifest = BTreeMap<PathBuf, (u32, u32, u32, u64, i64, u64, Vec<u8>)>;
+/// One entry: type and mode, owner, size, mtime (ns), rdev, content or link
+/// target, xattrs.
+pub type EntryFacts = (u32, u32, u32, u64, i128, u64, Vec<u8>, XattrMap);
+pub type XattrMap = BTreeMap<Vec<u8>, Vec<u8>>;
+/// Path -> facts of every entry under `root`, not following symlinks.
+pub type Manifest = BTreeMap<PathBuf, EntryFacts>;
 
 pub fn manifest(root: &Path) -> Manifest {
     let mut out = BTreeMap::new();
@@ -311,6 +314,7 @@ pub fn manifest(root: &Path) -> Manifest {
             if m.is_dir() {
                 stack.push(p.clone());
             }
+            let xattrs = common::sys::lxattrs(&p).expect("xattrs");
             out.insert(
                 p,
                 (
@@ -318,9 +322,10 @@ pub fn manifest(root: &Path) -> Manifest {
                     m.uid(),
                     m.gid(),
                     m.size(),
-                    m.mtime(),
+                    i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
                     m.rdev(),
                     content,
+                    xattrs,
                 ),
             );
         }
