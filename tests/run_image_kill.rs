@@ -1,10 +1,10 @@
-//! `layerfs run --rm` killed with SIGKILL: its mount goes at once (the
-//! daemon follows its parent), the container with the next store change
-//! (`ps` here), and nothing is left in the store or in /proc/mounts.
+//! `layerfs run --rm` killed with SIGKILL: its mount goes (the daemon
+//! follows its parent), its watcher removes the container, and nothing is
+//! left in the store or in /proc/mounts.
 //!
 //! One test in its own binary: this process becomes the subreaper of the
-//! mount daemon and container the killed `layerfs run` leaves, to wait for
-//! them by pid (process 1 here does not reap orphans).
+//! mount daemon, watcher and container the killed `layerfs run` leaves, to
+//! wait for them by pid (process 1 here does not reap orphans).
 
 mod common;
 mod run_fixture;
@@ -59,7 +59,11 @@ fn a_killed_run_rm_leaves_nothing() {
         "echo x > /x; echo ready; while :; do sleep 0.05; done",
     ]);
     let orphans = children(pid);
-    assert_eq!(orphans.len(), 2, "the mount daemon and the container");
+    assert_eq!(
+        orphans.len(),
+        3,
+        "the watcher, the mount daemon and the container"
+    );
     assert_eq!(s.mounts().len(), 1, "{:?}", s.mounts());
     s.signal(pid, Signal::SIGKILL);
     let status = s.wait(pid);
@@ -71,7 +75,7 @@ fn a_killed_run_rm_leaves_nothing() {
         reap(o);
     }
     s.assert_nothing_mounted();
-    // The next change to the store removes it.
+    assert!(s.container_names().is_empty(), "{:?}", s.container_names());
     let all = s.ps(true);
     assert!(all.is_empty(), "{all:?}");
     assert!(s.container_names().is_empty(), "{:?}", s.container_names());

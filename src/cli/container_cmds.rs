@@ -209,7 +209,7 @@ pub fn start(args: StartArgs) -> i32 {
                 "container {name}: never run, so there is no command to start (use layerfs run)"
             ));
         }
-        let spec: RunSpec = serde_json::from_value(old.spec.clone())
+        let mut spec: RunSpec = serde_json::from_value(old.spec.clone())
             .map_err(|e| format!("container {name}: state.json: {e}"))?;
         if !spec.limits.is_empty() {
             cgroup::hierarchy_for(&spec.limits)?;
@@ -220,8 +220,11 @@ pub fn start(args: StartArgs) -> i32 {
             .map_err(|e| format!("container {name}: {e}"))?;
         let paths = Paths::of(&container);
         prepare_dirs(&image, &paths)?;
-        write_etc_files(&paths.etc, &spec.hostname)
-            .map_err(|e| format!("{}: {e}", paths.etc.display()))?;
+        // Where the store is now (it may have moved since), fresh /etc files.
+        spec.rootfs = paths.rootfs.clone();
+        (spec.etc_hostname, spec.etc_hosts, spec.etc_resolv_conf) =
+            write_etc_files(&paths.etc, &spec.hostname)
+                .map_err(|e| format!("{}: {e}", paths.etc.display()))?;
         let state = ContainerState::started_here(old.command, old.spec, old.auto_remove);
         store
             .set_container_state(&lock, name, &state)
@@ -242,6 +245,15 @@ pub fn start(args: StartArgs) -> i32 {
 /// Run a prepared container, then record how it ended (or remove it, for
 /// `--rm`). Its exit status.
 fn run_and_record(store: &Store, p: Prepared) -> i32 {
+    // For --rm: removes the container if this process is killed.
+    let watcher = if p.state.auto_remove {
+        match spawn_watcher(store, &p.container.record.name) {
+            Ok(w) => Some(w),
+            Err(e) => return fail(format!("run: {e}")),
+        }
+    } else {
+        None
+    };
     let code = match run_container(store, &p) {
         Ok(code) => code,
         Err(e) => fail(format!("run: {e}")),
@@ -259,7 +271,64 @@ fn run_and_record(store: &Store, p: Prepared) -> i32 {
     if let Err(e) = recorded {
         eprintln!("layerfs: run: container {name}: {e}");
     }
+    if let Some(mut w) = watcher {
+        // Its stdin closed: it finds the container gone and ends.
+        drop(w.stdin.take());
+        let _ = w.wait();
+    }
     code
+}
+
+/// `layerfs __reap STORE NAME`: waits until its stdin closes (the `layerfs
+/// run --rm` that started it ended, even killed), then for the container's
+/// root to be unmounted (its daemon follows the same parent), and removes
+/// the container if its run is over and nobody removed it.
+fn spawn_watcher(store: &Store, name: &str) -> Result<Child, String> {
+    use std::os::unix::process::CommandExt;
+    Command::new("/proc/self/exe")
+        .arg("__reap")
+        .arg(store.root())
+        .arg(name)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        // Out of the terminal's foreground group: a ^C is for the container.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("starting the --rm watcher: {e}"))
+}
+
+/// The watcher's side (see [`spawn_watcher`]).
+pub fn reap_main(args: &[std::ffi::OsString]) -> i32 {
+    let [store_dir, name] = args else {
+        eprintln!("layerfs: __reap: want STORE NAME");
+        return 2;
+    };
+    let mut sink = [0u8; 64];
+    while !matches!(
+        std::io::Read::read(&mut std::io::stdin(), &mut sink),
+        Ok(0) | Err(_)
+    ) {}
+    let name = name.to_string_lossy();
+    let rootfs = Path::new(store_dir)
+        .join("containers")
+        .join(&*name)
+        .join("rootfs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while super::is_layerfs_mount(&rootfs) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reaped = open_store(Some(Path::new(store_dir))).and_then(|store| {
+        let lock = store.lock(true).map_err(|e| e.to_string())?;
+        store.reap_containers(&lock).map_err(|e| e.to_string())
+    });
+    match reaped {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("layerfs: run --rm: container {name}: {e}");
+            1
+        }
+    }
 }
 
 /// The init layer (made once per container) and the mount point.
@@ -317,6 +386,9 @@ fn mount_root(image: &Image, container: &Container, paths: &Paths) -> Result<Chi
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
+    // Out of the terminal's foreground group: a ^C is for the container
+    // (the monitor passes it on), not a stop signal for the daemon.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("starting the mount: {e}"))?;
@@ -399,7 +471,8 @@ struct PsRow {
     created: String,
     /// created, running or exited.
     state: &'static str,
-    /// As docker shows it: `Up since ...`, `Exited (N) ...`, `Created`.
+    /// As docker shows it: `Up 5 seconds`, `Exited (N) 3 minutes ago`,
+    /// `Created`.
     status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pid: Option<u32>,
@@ -409,6 +482,43 @@ struct PsRow {
     started: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     finished: Option<String>,
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC time as the store writes it
+/// (`2026-01-02T03:04:05Z`).
+fn epoch_seconds(t: &str) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from civil (Howard Hinnant's algorithm), the inverse of the
+    // store's now_rfc3339.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// `5 seconds ago`, `3 minutes ago`... as docker ps says it; the time
+/// itself when it cannot be read.
+fn ago(t: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let Some(then) = epoch_seconds(t) else {
+        return t.to_string();
+    };
+    let secs = (now - then).max(0);
+    let (n, unit) = match secs {
+        0..60 => (secs, "second"),
+        60..3600 => (secs / 60, "minute"),
+        3600..86_400 => (secs / 3600, "hour"),
+        _ => (secs / 86_400, "day"),
+    };
+    let s = if n == 1 { "" } else { "s" };
+    format!("{n} {unit}{s} ago")
 }
 
 /// `layerfs ps [-a] [--json]`: the running containers, or all of them.
@@ -434,7 +544,7 @@ pub fn ps(args: PsArgs) -> i32 {
                 ContainerStatus::Created => ("created", "Created".to_string(), None, None, None),
                 ContainerStatus::Running { pid } => (
                     "running",
-                    format!("Up since {}", state.started),
+                    format!("Up {}", ago(&state.started).trim_end_matches(" ago")),
                     Some(pid),
                     None,
                     None,
@@ -443,9 +553,7 @@ pub fn ps(args: PsArgs) -> i32 {
                     let code_text = code.map_or("unknown".to_string(), |c| c.to_string());
                     let when = finished
                         .as_deref()
-                        .map_or("(its layerfs run was killed)".to_string(), |f| {
-                            format!("at {f}")
-                        });
+                        .map_or("(its layerfs run was killed)".to_string(), ago);
                     (
                         "exited",
                         format!("Exited ({code_text}) {when}"),
@@ -504,8 +612,27 @@ pub fn ps(args: PsArgs) -> i32 {
         }
         println!(
             "{:<24} {:<24} {cmd:<30} {:<22} {}",
-            r.name, r.image, r.created, r.status
+            r.name,
+            r.image,
+            ago(&r.created),
+            r.status
         );
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_times_read_back() {
+        assert_eq!(epoch_seconds("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(epoch_seconds("2000-03-01T00:00:01Z"), Some(951_868_801));
+        assert_eq!(epoch_seconds("2024-02-29T23:59:59Z"), Some(1_709_251_199));
+        assert_eq!(epoch_seconds("garbage"), None);
+        let now = crate::image::store::now_rfc3339();
+        assert_eq!(ago(&now).split(' ').nth(1), Some("seconds"));
+        assert_eq!(ago("1970-01-01T00:00:00Z").split(' ').nth(1), Some("days"));
+    }
 }

@@ -142,6 +142,10 @@ pub fn main() -> i32 {
     if args.get(1).is_some_and(|a| a == "__init") {
         return crate::runtime::init_main();
     }
+    // The watcher of a `layerfs run --rm` (removes it if run is killed).
+    if args.get(1).is_some_and(|a| a == "__reap") {
+        return container_cmds::reap_main(&args[2..]);
+    }
     // fuse-overlayfs's form, as container engines run their mount_program.
     if compat::is_engine_form(&args[1..]) {
         return match compat::engine_args(&args[1..]) {
