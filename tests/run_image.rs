@@ -233,6 +233,43 @@ fn two_containers_of_one_image_at_once_share_its_layers() {
     assert_eq!(manifest(&s.path.join("layers")), layers_before);
 }
 
+#[test]
+fn a_ctrl_c_reaches_the_container_not_its_mount_daemon() {
+    let mut s = Store::new();
+    let script = "trap 'cat /srv/hello; exit 4' INT; echo ready; while :; do sleep 0.05; done";
+    let (pid, mut out) = s.spawn_ready(&["--rm", "img:1", "sh", "-c", script]);
+    // The mount daemon and the --rm watcher are out of run's process group
+    // (a terminal's foreground job), the container in it.
+    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .expect("children of layerfs run");
+    let mut helpers = 0;
+    for child in children.split_whitespace() {
+        let cmdline = fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(
+            child.parse().expect("a pid"),
+        )))
+        .expect("getpgid");
+        let helper = matches!(args.get(1), Some(&b"mount") | Some(&b"__reap"));
+        helpers += usize::from(helper);
+        assert_eq!(
+            pgid.as_raw() == pid as i32,
+            !helper,
+            "{:?}",
+            String::from_utf8_lossy(&cmdline)
+        );
+    }
+    assert_eq!(helpers, 2);
+    s.signal_group(pid, Signal::SIGINT);
+    let status = s.wait(pid);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).expect("rest of stdout");
+    // The trap read the image through the mount: the daemon kept serving.
+    assert_eq!((status.code(), rest.as_str()), (Some(4), "hello\n"));
+    s.assert_nothing_mounted();
+    assert!(s.container_names().is_empty());
+}
+
 /// Whether this machine has a cgroup v2 hierarchy with the memory
 /// controller (unified mode, or a hybrid one that leaves memory to v2).
 fn cgroup_v2_memory() -> bool {

@@ -86,7 +86,7 @@ impl ContainerState {
 
     pub fn status(&self) -> ContainerStatus {
         match self.pid {
-            Some(pid) if pid_alive(pid) && process_start_time(pid) == self.pid_start => {
+            Some(pid) if self.pid_start.is_some() && process_start_time(pid) == self.pid_start => {
                 ContainerStatus::Running { pid }
             }
             Some(_) => ContainerStatus::Exited {
@@ -103,13 +103,17 @@ impl ContainerState {
 }
 
 /// A process's start time in clock ticks after boot (field 22 of
-/// /proc/PID/stat), or None when it is gone.
+/// /proc/PID/stat), or None when it is gone or a zombie (ended, not yet
+/// waited for).
 pub fn process_start_time(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count
     // from after its last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// containers/<name>/container.json
@@ -445,6 +449,14 @@ mod tests {
             finished: None,
         };
         assert_eq!(reused.status(), killed);
+        // Ended, not yet waited for: a zombie does not run.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while process_start_time(child.id()).is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(process_start_time(child.id()), None);
+        child.wait().unwrap();
         state.finish(3);
         assert!(matches!(
             state.status(),

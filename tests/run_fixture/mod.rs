@@ -162,8 +162,11 @@ impl Store {
     /// `layerfs run ARGS` in the background; returns once it printed
     /// `ready` (the command must print it first), with its stdout and pid.
     pub fn spawn_ready(&mut self, args: &[&str]) -> (u32, BufReader<ChildStdout>) {
-        let mut child = self
-            .command("run", args)
+        let mut cmd = self.command("run", args);
+        // Its own process group, as a shell gives a foreground job (so
+        // `signal_group` reaches it and only it).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawning layerfs run");
@@ -200,6 +203,12 @@ impl Store {
 
     pub fn signal(&self, pid: u32, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("kill");
+    }
+
+    /// A signal to the process group of a spawned `layerfs run` (what a
+    /// terminal's ^C does).
+    pub fn signal_group(&self, pid: u32, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), sig).expect("killpg");
     }
 
     /// `ps [-a] --json`, parsed.
