@@ -140,7 +140,11 @@ fn write(path: &Path, value: &str) -> Result<(), String> {
 impl Cgroup {
     /// `<cgroup2>/layerfs/<name>` with `limits` set.
     pub fn create(limits: &Limits, name: &str) -> Result<Cgroup, String> {
-        let root = hierarchy_for(limits)?;
+        Cgroup::create_in(&hierarchy_for(limits)?, limits, name)
+    }
+
+    /// `<root>/layerfs/<name>`, `root` a cgroup v2 hierarchy's root.
+    fn create_in(root: &Path, limits: &Limits, name: &str) -> Result<Cgroup, String> {
         let enable: Vec<String> = limits
             .controllers()
             .iter()
@@ -222,6 +226,39 @@ mod tests {
         assert!(parse_size("m").is_err());
         assert!(parse_size("0").is_err());
         assert!(parse_size("99999999999g").is_err());
+    }
+
+    #[test]
+    fn a_cgroup_gets_its_limits_and_its_parents_the_controllers() {
+        // A plain directory stands in for cgroupfs: the files written are
+        // what the kernel would be told.
+        let root = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            memory: Some(64 << 20),
+            pids: Some(20),
+        };
+        let cg = Cgroup::create_in(root.path(), &limits, "run-7").unwrap();
+        let read = |p: &str| fs::read_to_string(root.path().join(p)).unwrap();
+        assert_eq!(cg.path(), root.path().join("layerfs/run-7"));
+        assert_eq!(read("cgroup.subtree_control"), "+memory +pids");
+        assert_eq!(read("layerfs/cgroup.subtree_control"), "+memory +pids");
+        assert_eq!(read("layerfs/run-7/memory.max"), "67108864");
+        assert_eq!(read("layerfs/run-7/pids.max"), "20");
+        // cgroupfs lets a cgroup's interface files go with it; here they
+        // must go first.
+        for f in ["memory.max", "pids.max"] {
+            fs::remove_file(cg.path().join(f)).unwrap();
+        }
+        drop(cg);
+        assert!(!root.path().join("layerfs/run-7").exists());
+        let pids_only = Limits {
+            memory: None,
+            pids: Some(5),
+        };
+        let cg = Cgroup::create_in(root.path(), &pids_only, "run-8").unwrap();
+        assert_eq!(read("layerfs/cgroup.subtree_control"), "+pids");
+        assert!(!cg.path().join("memory.max").exists());
+        fs::remove_file(cg.path().join("pids.max")).unwrap();
     }
 
     #[test]
