@@ -43,11 +43,26 @@ fn reap(pid: i32) {
     }
 }
 
-#[test]
-fn a_killed_run_rm_leaves_nothing() {
+fn become_subreaper() {
     // SAFETY: prctl with these arguments only changes this process's flags.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     assert_eq!(rc, 0, "PR_SET_CHILD_SUBREAPER");
+}
+
+/// The pid of the mount daemon among `pids`.
+fn mount_daemon(pids: &[i32]) -> i32 {
+    *pids
+        .iter()
+        .find(|p| {
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            cmdline.split(|b| *b == 0).nth(1) == Some(b"mount")
+        })
+        .expect("the mount daemon")
+}
+
+#[test]
+fn a_killed_run_rm_leaves_nothing() {
+    become_subreaper();
     let mut s = Store::new();
     let (pid, _out) = s.spawn_ready(&[
         "--rm",
@@ -83,4 +98,41 @@ fn a_killed_run_rm_leaves_nothing() {
         .expect("mounts/")
         .count();
     assert_eq!(records, 0);
+}
+
+#[test]
+fn a_root_left_mounted_by_a_killed_daemon_does_not_block_the_next_run() {
+    become_subreaper();
+    let mut s = Store::new();
+    let (pid, _out) = s.spawn_ready(&[
+        "--name",
+        "z",
+        "img:1",
+        "sh",
+        "-c",
+        "echo ready; while :; do sleep 0.05; done",
+    ]);
+    let orphans = children(pid);
+    let daemon = mount_daemon(&orphans);
+    // The daemon first (no unmount: the dead mount stays), then run.
+    nix::sys::signal::kill(Pid::from_raw(daemon), Signal::SIGKILL).expect("kill daemon");
+    reap(daemon);
+    s.signal(pid, Signal::SIGKILL);
+    s.wait(pid);
+    for o in orphans {
+        reap(o);
+    }
+    assert_eq!(s.mounts().len(), 1, "the dead mount is still there");
+    let all = s.ps(true);
+    assert_eq!(
+        all[0]["status"]
+            .as_str()
+            .map(|t| t.starts_with("Exited (unknown)")),
+        Some(true),
+        "{all:?}"
+    );
+    let o = s.run(&["--name", "z", "img:1", "cat", "/srv/hello"]);
+    assert!(o.status.success(), "{}", run_fixture::explain(&o));
+    assert_eq!(run_fixture::stdout(&o), "hello\n");
+    s.assert_nothing_mounted();
 }

@@ -331,8 +331,15 @@ pub fn reap_main(args: &[std::ffi::OsString]) -> i32 {
     }
 }
 
-/// The init layer (made once per container) and the mount point.
+/// The init layer (made once per container) and the mount point. Called
+/// under the exclusive lock for a container that neither runs nor is
+/// mounted: a mount still at its root is what a run left whose daemon was
+/// killed with it (the kernel answers ENOTCONN there), detached here.
 fn prepare_dirs(image: &Image, paths: &Paths) -> Result<(), String> {
+    if super::is_layerfs_mount(&paths.rootfs) {
+        nix::mount::umount2(&paths.rootfs, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| format!("a stale mount at {}: {e}", paths.rootfs.display()))?;
+    }
     if !paths.init.is_dir() {
         // Built beside and renamed, so a half-made init layer never shows.
         let tmp = paths.init.with_extension("tmp");
