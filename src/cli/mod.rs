@@ -3,6 +3,7 @@
 //! and /etc/fstab.
 
 pub mod compat;
+mod container_cmds;
 mod daemon;
 mod image_cmds;
 mod inspect_cmds;
@@ -66,6 +67,10 @@ enum Command {
     Run(run_cmd::RunArgs),
     /// Make a container's writable layer the top layer of a new image.
     Commit(image_cmds::CommitArgs),
+    /// List the containers that run (-a: all, with how they ended).
+    Ps(container_cmds::PsArgs),
+    /// Run a container's command again, with the options it was run with.
+    Start(container_cmds::StartArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -140,6 +145,10 @@ pub fn main() -> i32 {
     if args.get(1).is_some_and(|a| a == "__init") {
         return crate::runtime::init_main();
     }
+    // The watcher of a `layerfs run --rm` (removes it if run is killed).
+    if args.get(1).is_some_and(|a| a == "__reap") {
+        return container_cmds::reap_main(&args[2..]);
+    }
     // fuse-overlayfs's form, as container engines run their mount_program.
     if compat::is_engine_form(&args[1..]) {
         return match compat::engine_args(&args[1..]) {
@@ -185,6 +194,8 @@ pub fn main() -> i32 {
         Command::Diff(args) => inspect_cmds::diff(args),
         Command::Run(args) => run_cmd::run(args),
         Command::Commit(args) => image_cmds::run_commit(args),
+        Command::Ps(args) => container_cmds::ps(args),
+        Command::Start(args) => container_cmds::start(args),
     }
 }
 

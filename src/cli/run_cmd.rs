@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::runtime::cgroup::{self, Limits};
 use crate::runtime::{self, Bind, ImageDefaults, Network, Process, RunOptions, RunSpec};
 
 #[derive(Debug, clap::Args)]
@@ -40,6 +41,14 @@ pub struct RunArgs {
     /// Mount the container's root read-only.
     #[arg(long)]
     pub read_only: bool,
+    /// Memory limit (bytes, or 512k, 64m, 1g), through cgroup v2.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Most processes the container may have, through cgroup v2.
+    #[arg(long = "pids-limit", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub pids_limit: Option<u64>,
+    #[command(flatten)]
+    pub store: super::image_cmds::StoreArg,
     /// Run on this directory (or mounted tree) instead of an image: the
     /// positional arguments are then all the command.
     #[arg(long, value_name = "DIR")]
@@ -88,6 +97,19 @@ pub fn write_etc_files(dir: &Path, hostname: &str) -> std::io::Result<(PathBuf, 
     Ok((h, hosts, resolv))
 }
 
+/// `--memory` and `--pids-limit`, checked against the machine: a cgroup v2
+/// hierarchy that can enforce them, else the one line saying why not.
+pub fn limits(args: &RunArgs) -> Result<Limits, String> {
+    let limits = Limits {
+        memory: args.memory.as_deref().map(cgroup::parse_size).transpose()?,
+        pids: args.pids_limit,
+    };
+    if !limits.is_empty() {
+        cgroup::hierarchy_for(&limits)?;
+    }
+    Ok(limits)
+}
+
 /// The spec for a container on `rootfs`, from the image's defaults and the
 /// user's options.
 pub fn build_spec(
@@ -116,6 +138,7 @@ pub fn build_spec(
     let (etc_hostname, etc_hosts, etc_resolv_conf) =
         write_etc_files(etc_dir, &hostname).map_err(|e| format!("{}: {e}", etc_dir.display()))?;
     let process = Process::new(image, &opts, &hostname)?;
+    let limits = limits(args)?;
     Ok(RunSpec {
         rootfs: rootfs.to_path_buf(),
         argv: process.argv,
@@ -136,6 +159,8 @@ pub fn build_spec(
         interactive: args.interactive,
         tty: args.tty,
         console_socket: None,
+        limits,
+        cgroup: None,
     })
 }
 
@@ -148,6 +173,10 @@ fn run_on_rootfs(args: &RunArgs, rootfs: &Path) -> i32 {
             return runtime::EXIT_RUNTIME_FAILED;
         }
     };
+    if let Err(e) = limits(args) {
+        eprintln!("layerfs: run: {e}");
+        return runtime::EXIT_RUNTIME_FAILED;
+    }
     let id = short_id();
     let etc_dir = std::env::temp_dir().join(format!("layerfs-run-{id}"));
     let defaults = ImageDefaults::default();
@@ -167,6 +196,5 @@ pub fn run(args: RunArgs) -> i32 {
     if let Some(rootfs) = args.rootfs.clone() {
         return run_on_rootfs(&args, &rootfs);
     }
-    eprintln!("layerfs: run: images are not available in this build; use --rootfs DIR");
-    runtime::EXIT_RUNTIME_FAILED
+    super::container_cmds::run_image(&args)
 }

@@ -12,6 +12,110 @@ use super::digest::Digest;
 use super::store::{Store, StoreLock, now_rfc3339, remove_dir_tree};
 use super::{ImageError, Result};
 
+/// containers/<name>/state.json: what the container runs and how its last
+/// run went; written under the exclusive store lock. `image/` keeps it and
+/// tells running from stopped; what `spec` holds is the runtime's business.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContainerState {
+    /// The command line it runs (what `ps` shows).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Everything needed to run it again (`layerfs start`), opaque here.
+    #[serde(default)]
+    pub spec: serde_json::Value,
+    /// When the last run started and finished (RFC 3339).
+    #[serde(default)]
+    pub started: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    /// The `layerfs run` (or `start`) process while it runs, with its start
+    /// time (clock ticks after boot, /proc/PID/stat), so a reused pid is
+    /// never taken for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
+    /// The last run's exit status (absent while running, and when the
+    /// runner was killed before it could write it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// `run --rm`: removed when the run ends, or, if its runner was killed,
+    /// by the next `reap_containers`.
+    #[serde(default)]
+    pub auto_remove: bool,
+}
+
+/// Where a container's last run stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerStatus {
+    /// Never run.
+    Created,
+    Running {
+        pid: u32,
+    },
+    /// Ended; the code is unknown when the runner was killed.
+    Exited {
+        code: Option<i32>,
+        finished: Option<String>,
+    },
+}
+
+impl ContainerState {
+    /// The state of a run starting now in this process.
+    pub fn started_here(command: Vec<String>, spec: serde_json::Value, auto_remove: bool) -> Self {
+        let pid = std::process::id();
+        ContainerState {
+            command,
+            spec,
+            started: now_rfc3339(),
+            finished: None,
+            pid: Some(pid),
+            pid_start: process_start_time(pid),
+            exit_code: None,
+            auto_remove,
+        }
+    }
+
+    /// The run ended with `code`.
+    pub fn finish(&mut self, code: i32) {
+        self.pid = None;
+        self.pid_start = None;
+        self.exit_code = Some(code);
+        self.finished = Some(now_rfc3339());
+    }
+
+    pub fn status(&self) -> ContainerStatus {
+        match self.pid {
+            Some(pid) if self.pid_start.is_some() && process_start_time(pid) == self.pid_start => {
+                ContainerStatus::Running { pid }
+            }
+            Some(_) => ContainerStatus::Exited {
+                code: None,
+                finished: None,
+            },
+            None if self.started.is_empty() => ContainerStatus::Created,
+            None => ContainerStatus::Exited {
+                code: self.exit_code,
+                finished: self.finished.clone(),
+            },
+        }
+    }
+}
+
+/// A process's start time in clock ticks after boot (field 22 of
+/// /proc/PID/stat), or None when it is gone or a zombie (ended, not yet
+/// waited for).
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count
+    // from after its last ')'.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
 /// containers/<name>/container.json
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ContainerRecord {
@@ -184,12 +288,69 @@ impl Store {
         }
     }
 
-    /// Remove a container and its writable layer; refused while mounted.
+    /// The state of the container's runs; None when there is no such
+    /// container.
+    pub fn container_state(&self, name: &str) -> Result<Option<ContainerState>> {
+        let Some(c) = self.load_container(name)? else {
+            return Ok(None);
+        };
+        let path = c.dir.join("state.json");
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| ImageError::new(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some(ContainerState::default())),
+            Err(e) => Err(ImageError::io("read", &path, e)),
+        }
+    }
+
+    /// Record the state of a container's run (under the exclusive lock).
+    pub fn set_container_state(
+        &self,
+        lock: &StoreLock,
+        name: &str,
+        state: &ContainerState,
+    ) -> Result<()> {
+        self.require_exclusive(lock)?;
+        let c = self
+            .load_container(name)?
+            .ok_or_else(|| ImageError::new(format!("container {name}: not found")))?;
+        let json = serde_json::to_vec_pretty(state)
+            .map_err(|e| ImageError::new(format!("container {name}: state: {e}")))?;
+        super::store::write_atomic(&self.tmp_dir(), &c.dir.join("state.json"), &json)
+    }
+
+    /// Remove the `--rm` containers whose runner is gone without removing
+    /// them (killed). Returns their names.
+    pub fn reap_containers(&self, lock: &StoreLock) -> Result<Vec<String>> {
+        self.require_exclusive(lock)?;
+        let mut reaped = Vec::new();
+        for rec in self.container_records()? {
+            let Some(state) = self.container_state(&rec.name)? else {
+                continue;
+            };
+            let ended = matches!(state.status(), ContainerStatus::Exited { .. });
+            if state.auto_remove && ended && self.remove_container(lock, &rec.name).is_ok() {
+                reaped.push(rec.name);
+            }
+        }
+        Ok(reaped)
+    }
+
+    /// Remove a container and its writable layer; refused while it runs or
+    /// is mounted.
     pub fn remove_container(&self, lock: &StoreLock, name: &str) -> Result<ContainerRecord> {
         self.require_exclusive(lock)?;
         let c = self
             .load_container(name)?
             .ok_or_else(|| ImageError::new(format!("container {name}: not found")))?;
+        if let Some(ContainerStatus::Running { pid }) =
+            self.container_state(name)?.map(|s| s.status())
+        {
+            return Err(ImageError::new(format!(
+                "container {name}: running (layerfs run, pid {pid}); stop it first"
+            )));
+        }
         self.require_unmounted(name)?;
         let doomed = self
             .tmp_dir()
@@ -279,6 +440,39 @@ fn write_atomic_in(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_runs_while_its_process_does() {
+        assert_eq!(ContainerState::default().status(), ContainerStatus::Created);
+        let mut state =
+            ContainerState::started_here(vec!["sh".into()], serde_json::Value::Null, false);
+        let me = std::process::id();
+        assert_eq!(state.status(), ContainerStatus::Running { pid: me });
+        // The same pid, started at another time: a reused pid, not ours.
+        let mut reused = state.clone();
+        reused.pid_start = reused.pid_start.map(|t| t + 1);
+        let killed = ContainerStatus::Exited {
+            code: None,
+            finished: None,
+        };
+        assert_eq!(reused.status(), killed);
+        // Ended, not yet waited for: a zombie does not run.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while process_start_time(child.id()).is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(process_start_time(child.id()), None);
+        child.wait().unwrap();
+        state.finish(3);
+        assert!(matches!(
+            state.status(),
+            ContainerStatus::Exited {
+                code: Some(3),
+                finished: Some(_)
+            }
+        ));
+    }
 
     #[test]
     fn container_names() {

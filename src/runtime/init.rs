@@ -57,6 +57,13 @@ pub fn init_main() -> i32 {
             return EXIT_RUNTIME_FAILED;
         }
     };
+    // Before anything else runs in it: the limits hold from the start.
+    if let Some(dir) = &spec.cgroup
+        && let Err(e) = super::cgroup::join(dir)
+    {
+        eprintln!("layerfs: run: {e}");
+        return EXIT_RUNTIME_FAILED;
+    }
     match prepare(&spec) {
         Ok(ready) => exec(&spec, ready),
         Err(e) => {

@@ -10,6 +10,7 @@
 //! it and passes its exit status on. It knows nothing of images or of how
 //! the root was mounted: `cli/` does that.
 
+pub mod cgroup;
 mod init;
 pub mod initlayer;
 mod rootfs;
@@ -61,6 +62,14 @@ fn monitored_signals() -> SigSet {
 /// status: its own code, or 128+N when signal N killed it.
 pub fn run(spec: &RunSpec) -> io::Result<i32> {
     let mut spec = spec.clone();
+    // Made first, so a refusal leaves nothing behind; removed on return.
+    let cgroup = if spec.limits.is_empty() {
+        None
+    } else {
+        let name = format!("run-{}", std::process::id());
+        Some(cgroup::Cgroup::create(&spec.limits, &name).map_err(io::Error::other)?)
+    };
+    spec.cgroup = cgroup.as_ref().map(|c| c.path().to_path_buf());
     let console = if spec.tty {
         let (mine, theirs) = tty::console_socket()?;
         spec.console_socket = Some(theirs.as_raw_fd());
@@ -113,6 +122,7 @@ pub fn run(spec: &RunSpec) -> io::Result<i32> {
         status
     });
     let _ = signals.thread_unblock();
+    drop(cgroup);
     status
 }
 

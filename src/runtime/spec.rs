@@ -92,6 +92,12 @@ pub struct RunSpec {
     /// socket (set by the monitor).
     pub tty: bool,
     pub console_socket: Option<i32>,
+    /// `--memory`, `--pids-limit` (through cgroup v2).
+    #[serde(default)]
+    pub limits: super::cgroup::Limits,
+    /// The cgroup the first process joins (set by the monitor).
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// The process a container runs: the image's defaults with the user's
