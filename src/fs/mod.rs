@@ -213,6 +213,7 @@ impl LayerFs {
         let obj = self.stack.resolve(&merged, child)?;
         let listed = obj.ino;
         let node = self.nodes.remember(&self.stack, dir.ino, name, obj)?;
+        drop(listing);
         self.renumbered(&dir, name, &node, listed)?;
         Ok(Some((self.attr(&node), Self::generation(&node))))
     }

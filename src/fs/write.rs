@@ -146,6 +146,8 @@ impl LayerFs {
         let child = self
             .stack
             .check_remove(&parent_obj, &listing, name, want_dir)?;
+        // Let go of it: a listing still shared is copied whole on edit.
+        drop(listing);
         let gone = child.ino;
         self.ensure_upper(&dir)?;
         let parent_obj = dir.obj();
@@ -223,6 +225,8 @@ impl LayerFs {
             newname,
             flags,
         )?;
+        // Let go of them: a listing still shared is copied whole on edit.
+        drop((src_listing, dst_listing));
         if checked.is_none() {
             return Ok(()); // two names of one file
         }
@@ -279,8 +283,10 @@ impl LayerFs {
     /// one node for all its names, and a rename must move the name it was
     /// given, which may not be the one the node knows.
     fn ensure_name_upper(&self, dir: &Arc<Node>, name: &OsStr, node: &Arc<Node>) -> Result<()> {
-        let listing = dir.listing(&self.stack)?;
-        let Some(child) = listing.get(name).cloned() else {
+        // (The listing is let go at once: one still shared is copied whole
+        // on edit.)
+        let child = dir.listing(&self.stack)?.get(name).cloned();
+        let Some(child) = child else {
             return Err(Error::errno(
                 libc::ENOENT,
                 "copy up",

@@ -499,8 +499,14 @@ impl Upper {
 
     /// Remove the upper object `dir/name`; a directory may still hold
     /// whiteouts and markers (it is empty as seen through the mount).
-    pub fn remove(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    pub fn remove(&self, dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> io::Result<()> {
         let cname = cstr(name)?;
+        if !is_dir {
+            // One step, as the kernel unlinks an upper-only file; EISDIR
+            // should it be a directory after all.
+            return nix::unistd::unlinkat(dir, &*cname, nix::unistd::UnlinkatFlags::NoRemoveDir)
+                .map_err(io::Error::from);
+        }
         self.check_only_whiteouts(dir, &cname)?;
         let tmp = self.tmp_name();
         // Through the work dir, so a crash never leaves it half removed.

@@ -210,7 +210,7 @@ impl LayerStack {
         let indexed = self.lower_alias_key(parent, &child, op)?;
         let result = match (child.layer == 0, child.lower) {
             (true, true) => upper.replace_with_whiteout(dir, name),
-            (true, false) => upper.remove(dir, name),
+            (true, false) => upper.remove(dir, name, child.kind == FileKind::Dir),
             (false, _) => upper.whiteout(dir, name),
         };
         result.map_err(|e| Error::io(e, op, super::layer_display(self.layer(0), &path)))?;
