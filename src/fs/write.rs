@@ -76,7 +76,8 @@ impl LayerFs {
         (uid, gid, perm & 0o7777)
     }
 
-    /// create, mkdir, mknod, symlink.
+    /// create, mkdir, mknod, symlink. A new regular file may come back
+    /// open read-write already (the handle `create` answers with).
     pub(super) fn do_create(
         &self,
         req: &Request,
@@ -84,7 +85,7 @@ impl LayerFs {
         name: &OsStr,
         obj: NewObject<'_>,
         perm: u32,
-    ) -> Result<(FileAttr, Generation)> {
+    ) -> Result<(FileAttr, Generation, Option<std::os::fd::OwnedFd>)> {
         let dir = self.node(parent, "create")?;
         self.writable("create", &dir)?;
         let _w = self.lock_writes();
@@ -116,7 +117,7 @@ impl LayerFs {
             ),
             None => (uid, gid, perm),
         };
-        let created = dir.edit_listing(&self.stack, |l| {
+        let (created, fd) = dir.edit_listing(&self.stack, |l| {
             self.stack
                 .create(&parent_obj, l, name, obj, real_perm, real_uid, real_gid)
         })?;
@@ -132,7 +133,7 @@ impl LayerFs {
         }
         let node = self.nodes.insert_new(dir.ino, name, created);
         self.renumbered(&dir, name, &node, listed)?;
-        Ok((self.attr(&node), Self::generation(&node)))
+        Ok((self.attr(&node), Self::generation(&node), fd))
     }
 
     pub(super) fn do_remove(&self, parent: INodeNo, name: &OsStr, want_dir: bool) -> Result<()> {
@@ -642,15 +643,28 @@ pub(super) fn time_spec(t: TimeOrNow) -> (i64, i64) {
 }
 
 impl LayerFs {
-    /// The handle `create` returns with its entry.
-    pub(super) fn open_created(&self, ino: INodeNo, flags: i32) -> Result<u64> {
+    /// The handle `create` returns with its entry: the file as it was
+    /// made, when it came back open, else opened by its path.
+    pub(super) fn open_created(
+        &self,
+        ino: INodeNo,
+        flags: i32,
+        made: Option<std::os::fd::OwnedFd>,
+    ) -> Result<u64> {
         let node = self.node(ino, "create")?;
         let obj = node.obj();
-        let access = flags & libc::O_ACCMODE;
-        let layer = self.stack.layer(obj.layer);
-        let fd = layer
-            .open_beneath(&obj.path, access | libc::O_NOFOLLOW)
-            .map_err(|e| Error::io(e, "create", crate::union::layer_display(layer, &obj.path)))?;
+        let fd = match made {
+            Some(fd) => fd,
+            None => {
+                let access = flags & libc::O_ACCMODE;
+                let layer = self.stack.layer(obj.layer);
+                layer
+                    .open_beneath(&obj.path, access | libc::O_NOFOLLOW)
+                    .map_err(|e| {
+                        Error::io(e, "create", crate::union::layer_display(layer, &obj.path))
+                    })?
+            }
+        };
         let fh = self
             .next_handle
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
