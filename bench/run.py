@@ -5,7 +5,10 @@ stack. Prints medians and ratios; see docs/performance.md.
 
 Usage (as root):  python3 bench/run.py [--bin target/release/layerfs]
 Knobs (environment): BENCH_REPS (default 5, 1..9), BENCH_VERBOSE=1 (every
-repetition's time), BENCH_KEEP_TMP=1 (leave the temp dir, never a mount).
+repetition's time), BENCH_KEEP_TMP=1 (leave the temp dir, never a mount),
+BENCH_ONLY=REGEX (only the workloads whose name matches),
+BENCH_LAYERFS_THREADS=N (layerfs mount --threads N), BENCH_FO2=0 (never
+build fuse-overlayfs 2.0), BENCH_FO2_ROOT=DIR (where it is built).
 
 Everything it mounts is unmounted and every daemon it started is waited for
 before it exits, also on an error or a signal; the temp dir is removed only
@@ -260,6 +263,8 @@ class Mount:
             cmd = [self.bench.fuse_overlayfs2, "-o", o, self.mnt]
         else:
             cmd = [self.bench.bin, "mount", "-o", o, self.mnt]
+            if os.environ.get("BENCH_LAYERFS_THREADS"):  # FUSE worker threads
+                cmd[2:2] = ["--threads", os.environ["BENCH_LAYERFS_THREADS"]]
         r = run(cmd, check=False, capture_output=True, text=True)
         # Record it as ours before anything else can fail.
         if self.mnt in mountpoints():

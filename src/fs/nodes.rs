@@ -103,6 +103,12 @@ impl Node {
         Ok(listing)
     }
 
+    /// A directory just made (empty, nothing below shows through it): its
+    /// listing is known without reading it from disk.
+    pub fn set_empty_listing(&self) {
+        *lock(&self.listing) = Some(Arc::new(Listing::default()));
+    }
+
     /// Change the listing; open directory handles keep the copy they have.
     pub fn edit_listing<T>(
         &self,

@@ -132,6 +132,10 @@ impl LayerFs {
             )?;
         }
         let node = self.nodes.insert_new(dir.ino, name, created);
+        if kind == FileKind::Dir {
+            // New and empty: its first lookup need not read it back.
+            node.set_empty_listing();
+        }
         self.renumbered(&dir, name, &node, listed)?;
         Ok((self.attr(&node), Self::generation(&node), fd))
     }
