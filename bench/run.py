@@ -724,7 +724,8 @@ def main():
         m = re.search(r"fuse-overlayfs: version (\S+)", r.stdout + r.stderr)
         fo_ver = m[1] if m else "?"
     log(f"layerfs bench, {time.strftime('%Y-%m-%d %H:%M %Z')}, kernel {os.uname().release}, "
-        f"{os.cpu_count()} CPUs, fuse-overlayfs {fo_ver}, {reps} runs per workload")
+        f"{os.cpu_count()} CPUs, fuse-overlayfs {fo_ver}"
+        f"{' and 2.0' if bench.fuse_overlayfs2 else ''}, {reps} runs per workload")
     if not bench.fuse_overlayfs:
         log("fuse-overlayfs not found (apt-get install -y fuse-overlayfs): skipping its column")
     if not bench.fuse_overlayfs2:
