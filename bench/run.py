@@ -5,7 +5,10 @@ stack. Prints medians and ratios; see docs/performance.md.
 
 Usage (as root):  python3 bench/run.py [--bin target/release/layerfs]
 Knobs (environment): BENCH_REPS (default 5, 1..9), BENCH_VERBOSE=1 (every
-repetition's time), BENCH_KEEP_TMP=1 (leave the temp dir, never a mount).
+repetition's time), BENCH_KEEP_TMP=1 (leave the temp dir, never a mount),
+BENCH_ONLY=REGEX (only the workloads whose name matches),
+BENCH_LAYERFS_THREADS=N (layerfs mount --threads N), BENCH_FO2=0 (never
+build fuse-overlayfs 2.0), BENCH_FO2_ROOT=DIR (where it is built).
 
 Everything it mounts is unmounted and every daemon it started is waited for
 before it exits, also on an error or a signal; the temp dir is removed only
@@ -37,8 +40,15 @@ N_COPYUP = 200  # cu<i>/: small lower files appended to
 N_CREATE_DIRS, N_CREATE_FILES = 10, 100  # new<i>/: 1000 new 4 KiB files
 N_RENAME = 1000  # ren<i>/src: entries in the renamed lower directory
 N_RM_DIRS, N_RM_L0, N_RM_L1 = 10, 70, 30  # rm<i>/: 1000 files in 10 dirs
+N_CW = 4000  # cw<i>/: new 4 KiB files made (and unlinked) in one upper-only dir
+N_CHMOD = 2000  # chm<i>/: lower files chmod'ed (copy-up of metadata)
+N_HARDLINKED = 1000  # hl/ and hl2/: two names of each of these lower files
+# The rootfs-like tree untarred and removed: a tar of this directory,
+# built at setup (never shipped); the first one that exists is used.
+ROOTFS_SOURCES = ("/usr/lib/python3.11", "/usr/lib/python3", "/usr/share/perl", "/usr/lib")
+FO2_ROOT = os.environ.get("BENCH_FO2_ROOT", "/var/cache/layerfs-bench/fuse-overlayfs-2.0.0")
 
-IMPLS = ("kernel", "fuse-overlayfs", "layerfs")
+IMPLS = ("kernel", "fuse-overlayfs", "fuse-overlayfs-2", "layerfs")
 
 
 def log(msg):
@@ -126,6 +136,13 @@ def make_stack(root, reps):
             for k in range(N_RM_L1):
                 write(f"{l1}/rm{i}/d{j}/g{k:03}", blob(rng.randint(64, 4096)))
             whiteout(f"{l1}/rm{i}/d{j}/f000")
+        for k in range(N_CHMOD):
+            write(f"{l0}/chm{i}/f{k:04}", blob(1024))
+    # Hard-linked lower files (a store that dedups by links): two names each.
+    for k in range(N_HARDLINKED):
+        write(f"{l0}/hl/f{k:04}", blob(512))
+        os.makedirs(f"{l0}/hl2", exist_ok=True)
+        os.link(f"{l0}/hl/f{k:04}", f"{l0}/hl2/f{k:04}")
     return [l2, l1, l0]  # top first
 
 
@@ -242,8 +259,12 @@ class Mount:
             cmd = ["mount", "-t", "overlay", "overlay", "-o", o, self.mnt]
         elif self.impl == "fuse-overlayfs":
             cmd = [self.bench.fuse_overlayfs, "-o", o, self.mnt]
+        elif self.impl == "fuse-overlayfs-2":
+            cmd = [self.bench.fuse_overlayfs2, "-o", o, self.mnt]
         else:
             cmd = [self.bench.bin, "mount", "-o", o, self.mnt]
+            if os.environ.get("BENCH_LAYERFS_THREADS"):  # FUSE worker threads
+                cmd[2:2] = ["--threads", os.environ["BENCH_LAYERFS_THREADS"]]
         r = run(cmd, check=False, capture_output=True, text=True)
         # Record it as ours before anything else can fail.
         if self.mnt in mountpoints():
@@ -253,7 +274,7 @@ class Mount:
                 f"{self.label}: mount failed ({' '.join(cmd)}): "
                 f"{(r.stderr or r.stdout).strip()}"
             )
-        if self.impl == "fuse-overlayfs":
+        if self.impl.startswith("fuse-overlayfs"):
             self.pid = daemon_pid(os.path.basename(cmd[0]), self.mnt)
         elif self.impl == "layerfs":
             self.pid = daemon_pid(os.path.basename(self.bench.bin), self.mnt)
@@ -270,7 +291,7 @@ class Mount:
         self.sample_hwm()
         if self.impl == "kernel":
             tries = [["umount", self.mnt], ["umount", "-l", self.mnt]]
-        elif self.impl == "fuse-overlayfs":
+        elif self.impl.startswith("fuse-overlayfs"):
             tries = [["fusermount3", "-u", self.mnt], ["fusermount3", "-u", "-z", self.mnt]]
         else:
             tries = [[self.bench.bin, "umount", self.mnt], [self.bench.bin, "umount", "-l", self.mnt]]
@@ -361,6 +382,71 @@ def w_rm(m, rep):
     return sh(f"rm -rf {m.mnt}/rm{rep}")
 
 
+def timed(fn):
+    """Time a call in-process; (seconds, its output)."""
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def w_create_many(m, rep):
+    d = f"{m.mnt}/cw{rep}"
+    os.mkdir(d)  # upper-only: no lower holds it
+    data = b"x" * 4096
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+
+    def go():
+        for k in range(N_CW):
+            fd = os.open(f"{d}/f{k:04}", flags, 0o644)
+            os.write(fd, data)
+            os.close(fd)
+        return str(len(os.listdir(d)))
+
+    return timed(go)
+
+
+def w_unlink_many(m, rep):
+    d = f"{m.mnt}/cw{rep}"
+    names = [f"{d}/f{k:04}" for k in range(N_CW)]
+
+    def go():
+        for n in names:
+            os.unlink(n)
+        return str(len(os.listdir(d)))
+
+    return timed(go)
+
+
+def w_untar(m, rep):
+    return sh(f"mkdir {m.mnt}/untar{rep} && tar -xf {m.bench.rootfs_tar} -C {m.mnt}/untar{rep}")
+
+
+def w_rm_untarred(m, rep):
+    return sh(f"rm -rf {m.mnt}/untar{rep}")
+
+
+def w_chmod_lower(m, rep):
+    names = [f"{m.mnt}/chm{rep}/f{k:04}" for k in range(N_CHMOD)]
+
+    def go():
+        for n in names:
+            os.chmod(n, 0o600)
+        return ""
+
+    return timed(go)
+
+
+def w_stat_hardlinked(m, rep):
+    names = [f"{m.mnt}/hl/f{k:04}" for k in range(N_HARDLINKED)]
+
+    def go():
+        for n in names:
+            os.lstat(n)
+        return ""
+
+    return timed(go)
+
+
 # name, function, cold (fresh mount + dropped caches before each run), modes
 WORKLOADS = [
     ("stat every entry, cold", w_stat_all, True, ("rw", "ro")),
@@ -374,10 +460,47 @@ WORKLOADS = [
     (f"create {N_CREATE_DIRS * N_CREATE_FILES} x 4 KiB files", w_create, False, ("rw",)),
     (f"rename lower dir ({N_RENAME} entries)", w_rename, False, ("rw",)),
     (f"rm -rf lower tree ({N_RM_DIRS * (N_RM_L0 + N_RM_L1)} files)", w_rm, False, ("rw",)),
+    (f"create+write 4 KiB+close, {N_CW} files", w_create_many, False, ("rw",)),
+    (f"unlink those {N_CW} files", w_unlink_many, False, ("rw",)),
+    ("untar a rootfs-like tree", w_untar, False, ("rw",)),
+    ("rm -rf of it", w_rm_untarred, False, ("rw",)),
+    (f"chmod of {N_CHMOD} lower files", w_chmod_lower, False, ("rw",)),
+    (f"stat {N_HARDLINKED} hard-linked lower files, warm", w_stat_hardlinked, False, ("rw", "ro")),
 ]
+# BENCH_ONLY=REGEX runs only the workloads whose name matches (quick checks).
+if os.environ.get("BENCH_ONLY"):
+    WORKLOADS = [w for w in WORKLOADS if re.search(os.environ["BENCH_ONLY"], w[0])]
+WARMED = (w_stat_all, w_read_small, w_read_big, w_stat_hardlinked)
 
 
 # ---------------------------------------------------------------- the run
+
+
+def install_fuse_overlayfs2():
+    """fuse-overlayfs 2.0's binary: built once into FO2_ROOT with cargo
+    install (BENCH_FO2=0: never try); None, said in one line, if that fails
+    (a failure is remembered in FO2_ROOT, delete it to try again)."""
+    fo2 = os.path.join(FO2_ROOT, "bin", "fuse-overlayfs")
+    failed = os.path.join(FO2_ROOT, "install-failed.log")
+    if os.access(fo2, os.X_OK):
+        return fo2
+    if os.environ.get("BENCH_FO2") == "0" or os.path.exists(failed) or not shutil.which("cargo"):
+        return None
+    log(f"building fuse-overlayfs 2.0 once into {FO2_ROOT} (cargo install; a few minutes)")
+    os.makedirs(FO2_ROOT, exist_ok=True)
+    try:
+        r = subprocess.run(["cargo", "install", "--locked", "fuse-overlayfs", "--version", "2.0.0",
+                            "--root", FO2_ROOT], stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=3600)
+        err, ok = r.stderr, r.returncode == 0
+    except subprocess.TimeoutExpired:
+        err, ok = "timed out after an hour", False
+    if not ok or not os.access(fo2, os.X_OK):
+        with open(failed, "w") as f:
+            f.write(err)
+        log(f"fuse-overlayfs 2.0: cargo install failed, see {failed}")
+        return None
+    return fo2
 
 
 class Bench:
@@ -387,13 +510,25 @@ class Bench:
         self.tmp = None
         self.mounts = []
         self.fuse_overlayfs = shutil.which("fuse-overlayfs")
+        # fuse-overlayfs 2.0 (the Rust rewrite), built once with
+        # `cargo install fuse-overlayfs --version 2.0.0 --root FO2_ROOT`.
+        self.fuse_overlayfs2 = install_fuse_overlayfs2()
+        self.rootfs_tar = None
 
     def setup(self):
         self.tmp = tempfile.mkdtemp(prefix="layerfs-bench.")
         t0 = time.perf_counter()
         stack = os.path.join(self.tmp, "stack")
         make_stack(stack, self.reps)
-        impls = [i for i in IMPLS if i != "fuse-overlayfs" or self.fuse_overlayfs]
+        self.rootfs_tar = os.path.join(self.tmp, "rootfs.tar")
+        src = next(p for p in ROOTFS_SOURCES if os.path.isdir(p))
+        run(["tar", "-cf", self.rootfs_tar, "-C", os.path.dirname(src), os.path.basename(src)],
+            capture_output=True)
+        _, n = sh(f"tar -tf {self.rootfs_tar} | wc -l")
+        log(f"rootfs-like tar: {src}, {n.strip()} entries, "
+            f"{os.path.getsize(self.rootfs_tar) / MiB:.0f} MiB")
+        have = {"fuse-overlayfs": self.fuse_overlayfs, "fuse-overlayfs-2": self.fuse_overlayfs2}
+        impls = [i for i in IMPLS if have.get(i, True)]
         variants = [(i, "rw") for i in impls] + [("kernel", "ro"), ("layerfs", "ro")]
         for impl, mode in variants:
             base = os.path.join(self.tmp, f"{impl}-{mode}")
@@ -404,7 +539,7 @@ class Bench:
                 else:  # the read workloads use tree/ and big/ only
                     os.mkdir(os.path.join(base, layer))
                     shutil.copystat(os.path.join(stack, layer), os.path.join(base, layer))
-                    for sub in ("tree", "big"):
+                    for sub in ("tree", "big", "hl", "hl2"):
                         src = os.path.join(stack, layer, sub)
                         if os.path.lexists(src):
                             run(["cp", "-a", src, os.path.join(base, layer)])
@@ -444,7 +579,7 @@ class Bench:
             ms = [m for m in self.mounts if m.mode in modes]
             if not cold:
                 for m in ms:  # warm-up run, for the read workloads
-                    if fn in (w_stat_all, w_read_small, w_read_big):
+                    if fn in WARMED:
                         fn(m, 0)
             for rep in range(self.reps):
                 # Rotate the order so no implementation always goes first.
@@ -531,8 +666,11 @@ def report(bench, results):
                 *(fmt_time(med[i]) if med[i] is not None else "-" for i in IMPLS),
                 ratio(med["layerfs"], med["kernel"]),
                 ratio(med["layerfs"], med["fuse-overlayfs"]),
+                ratio(med["fuse-overlayfs-2"], med["kernel"]),
+                ratio(med["layerfs"], med["fuse-overlayfs-2"]),
             ])
-    head = ["workload", "kernel", "fuse-overlayfs", "layerfs", "layerfs/kernel", "layerfs/fuse-ovl"]
+    head = ["workload", "kernel", "fuse-overlayfs", "fuse-overlayfs 2.0", "layerfs",
+            "layerfs/kernel", "layerfs/fuse-ovl", "fuse-ovl 2.0/kernel", "layerfs/fuse-ovl 2.0"]
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
 
     def line(r):
@@ -586,9 +724,13 @@ def main():
         m = re.search(r"fuse-overlayfs: version (\S+)", r.stdout + r.stderr)
         fo_ver = m[1] if m else "?"
     log(f"layerfs bench, {time.strftime('%Y-%m-%d %H:%M %Z')}, kernel {os.uname().release}, "
-        f"{os.cpu_count()} CPUs, fuse-overlayfs {fo_ver}, {reps} runs per workload")
+        f"{os.cpu_count()} CPUs, fuse-overlayfs {fo_ver}"
+        f"{' and 2.0' if bench.fuse_overlayfs2 else ''}, {reps} runs per workload")
     if not bench.fuse_overlayfs:
         log("fuse-overlayfs not found (apt-get install -y fuse-overlayfs): skipping its column")
+    if not bench.fuse_overlayfs2:
+        log(f"fuse-overlayfs 2.0 not in {FO2_ROOT} (cargo install fuse-overlayfs --version 2.0.0 "
+            f"--root {FO2_ROOT}): skipping its column")
 
     def on_signal(sig, _frame):
         raise SystemExit(128 + sig)

@@ -76,7 +76,8 @@ impl LayerFs {
         (uid, gid, perm & 0o7777)
     }
 
-    /// create, mkdir, mknod, symlink.
+    /// create, mkdir, mknod, symlink. A new regular file may come back
+    /// open read-write already (the handle `create` answers with).
     pub(super) fn do_create(
         &self,
         req: &Request,
@@ -84,7 +85,7 @@ impl LayerFs {
         name: &OsStr,
         obj: NewObject<'_>,
         perm: u32,
-    ) -> Result<(FileAttr, Generation)> {
+    ) -> Result<(FileAttr, Generation, Option<std::os::fd::OwnedFd>)> {
         let dir = self.node(parent, "create")?;
         self.writable("create", &dir)?;
         let _w = self.lock_writes();
@@ -116,7 +117,7 @@ impl LayerFs {
             ),
             None => (uid, gid, perm),
         };
-        let created = dir.edit_listing(&self.stack, |l| {
+        let (created, fd) = dir.edit_listing(&self.stack, |l| {
             self.stack
                 .create(&parent_obj, l, name, obj, real_perm, real_uid, real_gid)
         })?;
@@ -131,8 +132,12 @@ impl LayerFs {
             )?;
         }
         let node = self.nodes.insert_new(dir.ino, name, created);
+        if kind == FileKind::Dir {
+            // New and empty: its first lookup need not read it back.
+            node.set_empty_listing();
+        }
         self.renumbered(&dir, name, &node, listed)?;
-        Ok((self.attr(&node), Self::generation(&node)))
+        Ok((self.attr(&node), Self::generation(&node), fd))
     }
 
     pub(super) fn do_remove(&self, parent: INodeNo, name: &OsStr, want_dir: bool) -> Result<()> {
@@ -146,6 +151,8 @@ impl LayerFs {
         let child = self
             .stack
             .check_remove(&parent_obj, &listing, name, want_dir)?;
+        // Let go of it: a listing still shared is copied whole on edit.
+        drop(listing);
         let gone = child.ino;
         self.ensure_upper(&dir)?;
         let parent_obj = dir.obj();
@@ -223,6 +230,8 @@ impl LayerFs {
             newname,
             flags,
         )?;
+        // Let go of them: a listing still shared is copied whole on edit.
+        drop((src_listing, dst_listing));
         if checked.is_none() {
             return Ok(()); // two names of one file
         }
@@ -279,8 +288,10 @@ impl LayerFs {
     /// one node for all its names, and a rename must move the name it was
     /// given, which may not be the one the node knows.
     fn ensure_name_upper(&self, dir: &Arc<Node>, name: &OsStr, node: &Arc<Node>) -> Result<()> {
-        let listing = dir.listing(&self.stack)?;
-        let Some(child) = listing.get(name).cloned() else {
+        // (The listing is let go at once: one still shared is copied whole
+        // on edit.)
+        let child = dir.listing(&self.stack)?.get(name).cloned();
+        let Some(child) = child else {
             return Err(Error::errno(
                 libc::ENOENT,
                 "copy up",
@@ -636,15 +647,28 @@ pub(super) fn time_spec(t: TimeOrNow) -> (i64, i64) {
 }
 
 impl LayerFs {
-    /// The handle `create` returns with its entry.
-    pub(super) fn open_created(&self, ino: INodeNo, flags: i32) -> Result<u64> {
+    /// The handle `create` returns with its entry: the file as it was
+    /// made, when it came back open, else opened by its path.
+    pub(super) fn open_created(
+        &self,
+        ino: INodeNo,
+        flags: i32,
+        made: Option<std::os::fd::OwnedFd>,
+    ) -> Result<u64> {
         let node = self.node(ino, "create")?;
         let obj = node.obj();
-        let access = flags & libc::O_ACCMODE;
-        let layer = self.stack.layer(obj.layer);
-        let fd = layer
-            .open_beneath(&obj.path, access | libc::O_NOFOLLOW)
-            .map_err(|e| Error::io(e, "create", crate::union::layer_display(layer, &obj.path)))?;
+        let fd = match made {
+            Some(fd) => fd,
+            None => {
+                let access = flags & libc::O_ACCMODE;
+                let layer = self.stack.layer(obj.layer);
+                layer
+                    .open_beneath(&obj.path, access | libc::O_NOFOLLOW)
+                    .map_err(|e| {
+                        Error::io(e, "create", crate::union::layer_display(layer, &obj.path))
+                    })?
+            }
+        };
         let fh = self
             .next_handle
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

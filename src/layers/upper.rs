@@ -46,6 +46,9 @@ pub struct Upper {
     /// fsync copied-up files before they become visible (not with volatile).
     durable: bool,
     counter: AtomicU64,
+    /// The upper filesystem refused O_TMPFILE once: new files go through
+    /// the work dir.
+    no_tmpfile: std::sync::atomic::AtomicBool,
     /// Copies of hard-linked lower files, by lower identity, so every name
     /// of one lower file shares one upper inode (the kernel's index=on).
     index: Layer,
@@ -171,6 +174,7 @@ impl Upper {
             },
             durable,
             counter: AtomicU64::new(0),
+            no_tmpfile: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -359,6 +363,56 @@ impl Upper {
         self.finish(&tmp, result, dir, name)
     }
 
+    /// Create the regular file `dir/name`, where no whiteout is to be
+    /// replaced, owned by uid/gid with exactly `perm`: made unnamed in
+    /// `dir` (O_TMPFILE), its owner and mode set through the fd, then
+    /// linked in, so it is never seen half made and needs neither the work
+    /// dir nor a rename (the kernel's overlayfs, too, creates in place
+    /// where no whiteout is replaced). Returns it open read-write, with its
+    /// stat; None where the upper filesystem has no O_TMPFILE (the caller
+    /// then goes through the work dir).
+    pub fn create_file_in_place(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    ) -> io::Result<Option<(OwnedFd, Stat)>> {
+        use nix::errno::Errno;
+        use nix::sys::stat::Mode;
+        if self.no_tmpfile.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let flags =
+            nix::fcntl::OFlag::O_TMPFILE | nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC;
+        let fd = match nix::fcntl::openat(dir, c".", flags, Mode::from_bits_truncate(0o600)) {
+            Ok(fd) => fd,
+            Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => {
+                self.no_tmpfile.store(true, Ordering::Relaxed);
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        nix::unistd::fchown(
+            &fd,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )?;
+        // After chown, which clears setuid/setgid.
+        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(perm & 0o7777))?;
+        let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        nix::unistd::linkat(
+            nix::fcntl::AT_FDCWD,
+            proc.as_str(),
+            dir,
+            &*cstr(name)?,
+            nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+        )?;
+        let st = sys::fstat(fd.as_fd())?;
+        Ok(Some((fd, st)))
+    }
+
     /// After building `work/tmp` and installing it as `dir/name`: on
     /// failure nothing is left in the work dir; on success, its stat.
     fn finish(
@@ -499,8 +553,14 @@ impl Upper {
 
     /// Remove the upper object `dir/name`; a directory may still hold
     /// whiteouts and markers (it is empty as seen through the mount).
-    pub fn remove(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    pub fn remove(&self, dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> io::Result<()> {
         let cname = cstr(name)?;
+        if !is_dir {
+            // One step, as the kernel unlinks an upper-only file; EISDIR
+            // should it be a directory after all.
+            return nix::unistd::unlinkat(dir, &*cname, nix::unistd::UnlinkatFlags::NoRemoveDir)
+                .map_err(io::Error::from);
+        }
         self.check_only_whiteouts(dir, &cname)?;
         let tmp = self.tmp_name();
         // Through the work dir, so a crash never leaves it half removed.

@@ -109,6 +109,8 @@ impl LayerStack {
     }
 
     /// Create `name` in the upper directory `parent` (already copied up).
+    /// A regular file made where no whiteout is replaced comes back open
+    /// read-write too (see [`Upper::create_file_in_place`]).
     #[allow(clippy::too_many_arguments)]
     pub fn create(
         &self,
@@ -119,7 +121,7 @@ impl LayerStack {
         perm: u32,
         uid: u32,
         gid: u32,
-    ) -> Result<Resolved> {
+    ) -> Result<(Resolved, Option<std::os::fd::OwnedFd>)> {
         let path = parent
             .path
             .join(name)
@@ -149,18 +151,24 @@ impl LayerStack {
             NewObject::Node { mode, .. } => FileKind::from_mode(*mode)
                 .ok_or_else(|| Error::errno(libc::EINVAL, "mknod", &path))?,
         };
-        let stat = upper
-            .create(
-                std::os::fd::AsFd::as_fd(&dir),
-                name,
-                &obj,
-                perm,
-                uid,
-                gid,
-                whiteout.is_some(),
-                hidden,
-            )
+        let dir = std::os::fd::AsFd::as_fd(&dir);
+        let in_place = match (&obj, whiteout) {
+            (NewObject::File, None) => upper.create_file_in_place(dir, name, perm, uid, gid),
+            _ => Ok(None),
+        };
+        let in_place = in_place
             .map_err(|e| Error::io(e, "create", super::layer_display(self.layer(0), &path)))?;
+        let (stat, fd) = match in_place {
+            Some((fd, stat)) => (stat, Some(fd)),
+            None => {
+                let stat = upper
+                    .create(dir, name, &obj, perm, uid, gid, whiteout.is_some(), hidden)
+                    .map_err(|e| {
+                        Error::io(e, "create", super::layer_display(self.layer(0), &path))
+                    })?;
+                (stat, None)
+            }
+        };
         listing.upper_whiteouts.remove(name);
         let ino = self.inos.map(0, stat.ino);
         listing.upsert(Child {
@@ -174,7 +182,7 @@ impl LayerStack {
             .lower_path
             .join(name)
             .map_err(|e| Error::io(e, "create", &parent.path))?;
-        Ok(Resolved {
+        let created = Resolved {
             ino,
             kind,
             layer: 0,
@@ -187,7 +195,8 @@ impl LayerStack {
                 lower_path,
             }),
             index_key: None,
-        })
+        };
+        Ok((created, fd))
     }
 
     /// unlink or rmdir `child` of `parent` (in the upper already), as
@@ -210,7 +219,7 @@ impl LayerStack {
         let indexed = self.lower_alias_key(parent, &child, op)?;
         let result = match (child.layer == 0, child.lower) {
             (true, true) => upper.replace_with_whiteout(dir, name),
-            (true, false) => upper.remove(dir, name),
+            (true, false) => upper.remove(dir, name, child.kind == FileKind::Dir),
             (false, _) => upper.whiteout(dir, name),
         };
         result.map_err(|e| Error::io(e, op, super::layer_display(self.layer(0), &path)))?;
