@@ -28,7 +28,9 @@ stress:
 	LAYERFS_CRASH_RUNS=$(CRASH_RUNS) LAYERFS_CRASH_SEED=$$(date +%s) \
 		$(CARGO) test --release --test crash -- --nocapture
 
-# Mount the bundled demo image read-only, show it, unmount.
+# Mount the bundled demo layers read-only, show them, unmount; then pack
+# them as an OCI image, import it, explain it, run a command in it, commit
+# the change and run that (layers-fixtures/demo-image.sh).
 demo: build
 	@set -e; \
 	mnt=$$(mktemp -d /tmp/layerfs-demo.XXXXXX); \
@@ -41,6 +43,7 @@ demo: build
 	echo "+ cat etc/os-release"; cat "$$mnt/etc/os-release"; \
 	echo "+ df -h $$mnt"; df -h "$$mnt"; \
 	echo "+ layerfs umount $$mnt"
+	layers-fixtures/demo-image.sh $(BIN) $(DEMO)
 
 # Benchmark against the kernel's overlayfs and fuse-overlayfs in one run
 # (docs/performance.md); root, about 1.5 minutes. Not part of `make test`.
