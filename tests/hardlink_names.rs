@@ -13,46 +13,8 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::{Dialect, KernelOverlay, LayerfsMount, materialize, snapshot};
-
-/// A materialized `links` fixture with an empty upper and work dir.
-struct Stack {
-    layers: Vec<PathBuf>,
-    upper: PathBuf,
-    work: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Stack {
-    fn new(prefix: &str) -> Stack {
-        common::require_root();
-        let dir = common::tempdir(prefix);
-        let root = dir.path().canonicalize().expect("canonical temp dir");
-        let (lowers, upper, work) = (root.join("layers"), root.join("upper"), root.join("work"));
-        for d in [&lowers, &upper, &work] {
-            fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
-        }
-        let layers = materialize("links", Dialect::OverlayTrusted, &lowers);
-        Stack {
-            layers,
-            upper,
-            work,
-            _dir: dir,
-        }
-    }
-
-    fn uw(&self) -> String {
-        format!(
-            "upperdir={},workdir={}",
-            common::escape_opt_path(&self.upper),
-            common::escape_opt_path(&self.work)
-        )
-    }
-}
-
-fn step<T>(what: &str, r: std::io::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e}"))
-}
+use common::stack::{Stack, step};
+use common::{Dialect, KernelOverlay, LayerfsMount, snapshot};
 
 /// Look names up, then change the file through other names. `hl/orig`,
 /// `hl/sub/third` and `other/fourth` are one file of the base layer;
@@ -120,7 +82,7 @@ fn upper_names(upper: &Path) -> Vec<String> {
 
 #[test]
 fn a_copy_up_takes_the_name_used_although_names_are_cached() {
-    let ours = Stack::new("hln-layerfs-");
+    let ours = Stack::new("hln-layerfs-", "links", Dialect::OverlayTrusted);
     let m = LayerfsMount::mount(&ours.layers, &ours.uw());
     look_up_one_name_change_another(m.path());
     let our_tree = snapshot(m.path());
@@ -132,7 +94,7 @@ fn a_copy_up_takes_the_name_used_although_names_are_cached() {
         exit.log
     );
 
-    let theirs = Stack::new("hln-kernel-");
+    let theirs = Stack::new("hln-kernel-", "links", Dialect::OverlayTrusted);
     let k = KernelOverlay::mount(
         &theirs.layers,
         &format!("{},redirect_dir=on,index=on", theirs.uw()),

@@ -50,11 +50,7 @@ impl Dirs {
     }
 
     fn uw(&self) -> String {
-        format!(
-            "upperdir={},workdir={}",
-            escape_opt_path(&self.upper),
-            escape_opt_path(&self.work)
-        )
+        common::stack::uw(&self.upper, &self.work)
     }
 
     fn kernel(&self) -> KernelOverlay {

@@ -25,32 +25,6 @@ struct Container {
     _dir: tempfile::TempDir,
 }
 
-fn busybox_layer(root: &Path) {
-    for d in ["bin", "etc", "root", "tmp"] {
-        fs::create_dir_all(root.join(d)).expect("mkdir in layer");
-    }
-    fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copying busybox (busybox-static)");
-    let list = Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .expect("busybox --list");
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            symlink("busybox", root.join("bin").join(applet)).expect("applet link");
-        }
-    }
-    fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
-    )
-    .expect("passwd");
-    fs::write(
-        root.join("etc/group"),
-        "root:x:0:\napp:x:1000:\nwheel:x:10:app\n",
-    )
-    .expect("group");
-}
-
 impl Container {
     fn new() -> Container {
         common::require_root();
@@ -60,7 +34,7 @@ impl Container {
         for d in [&layer, &upper, &work] {
             fs::create_dir(d).expect("mkdir");
         }
-        busybox_layer(&layer);
+        common::busybox::fill_layer(&layer);
         let opts = format!(
             "upperdir={},workdir={}",
             common::escape_opt_path(&upper),

@@ -38,56 +38,12 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::stack::{Stack, step, uw};
 use common::tmpfs::Tmpfs;
 use common::{
     Dialect, DiffOptions, KernelOverlay, Kind, LayerfsMount, Tree, diff_with, escape_opt_path,
-    is_mounted, materialize, snapshot,
+    is_mounted, snapshot,
 };
-
-/// A materialized fixture with an empty upper and work dir next to it.
-struct Stack {
-    layers: Vec<PathBuf>,
-    upper: PathBuf,
-    work: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Stack {
-    fn new(prefix: &str, fixture: &str, dialect: Dialect) -> Stack {
-        common::require_root();
-        let dir = common::tempdir(prefix);
-        let root = dir.path().canonicalize().expect("canonical temp dir");
-        let (lowers, upper, work) = (root.join("layers"), root.join("upper"), root.join("work"));
-        for d in [&lowers, &upper, &work] {
-            fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
-        }
-        let layers = materialize(fixture, dialect, &lowers);
-        Stack {
-            layers,
-            upper,
-            work,
-            _dir: dir,
-        }
-    }
-
-    /// `upperdir=U,workdir=W`.
-    fn uw(&self) -> String {
-        uw(&self.upper, &self.work)
-    }
-}
-
-fn uw(upper: &Path, work: &Path) -> String {
-    format!(
-        "upperdir={},workdir={}",
-        escape_opt_path(upper),
-        escape_opt_path(work)
-    )
-}
-
-/// Panics with the step and the error.
-fn step<T>(what: &str, r: io::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e}"))
-}
 
 /// The fixed script of changes, for the `demo` fixture (merged: /etc with
 /// motd deleted, /usr/lib/python3.11 from two layers, /var/lib/dpkg in two

@@ -4,6 +4,7 @@
 //! uses every helper, hence the `dead_code` allowance.
 #![allow(dead_code, unused_imports)]
 
+pub mod busybox;
 pub mod images;
 pub mod load;
 pub mod materialize;
@@ -11,6 +12,7 @@ pub mod meta;
 pub mod mounts;
 pub mod ops;
 pub mod rng;
+pub mod stack;
 pub mod sys;
 pub mod tmpfs;
 pub mod tree;

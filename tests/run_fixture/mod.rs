@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::{MetadataExt, symlink};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -21,33 +21,6 @@ pub struct Store {
     pub path: PathBuf,
     children: Vec<Child>,
     _dir: tempfile::TempDir,
-}
-
-fn busybox_tree(root: &Path) {
-    for d in ["bin", "etc", "root", "tmp", "home/app"] {
-        fs::create_dir_all(root.join(d)).expect("mkdir in layer");
-    }
-    fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copying busybox (busybox-static)");
-    let list = Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .expect("busybox --list");
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            symlink("busybox", root.join("bin").join(applet)).expect("applet link");
-        }
-    }
-    fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
-    )
-    .expect("passwd");
-    fs::write(
-        root.join("etc/group"),
-        "root:x:0:\napp:x:1000:\nwheel:x:10:app\n",
-    )
-    .expect("group");
-    std::os::unix::fs::chown(root.join("home/app"), Some(1000), Some(1000)).expect("chown");
 }
 
 /// An OCI layout at `dir` of one image: `layers` (tars, bottom first) and
@@ -91,7 +64,7 @@ impl Store {
         let dir = common::tempdir("layerfs-run-image-");
         let root = dir.path().canonicalize().expect("canonical temp dir");
         let (base, top) = (root.join("base"), root.join("top"));
-        busybox_tree(&base);
+        common::busybox::fill_layer(&base);
         fs::create_dir_all(top.join("srv")).expect("mkdir");
         fs::create_dir_all(top.join("bin")).expect("mkdir");
         fs::write(top.join("srv/hello"), b"hello\n").expect("hello");
