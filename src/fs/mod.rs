@@ -75,30 +75,6 @@ pub struct LayerFs {
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     /// Owners and modes as container engines want them shown.
     view: view::AttrView,
-    /// Where [`LayerFs::forget_name`] sends entries for the kernel to drop.
-    invalidations: std::sync::OnceLock<Option<InvalSender>>,
-}
-
-/// An entry for the kernel to drop (parent inode, name), and where to say
-/// it is done.
-type InvalRequest = (u64, std::ffi::OsString, std::sync::mpsc::Sender<()>);
-type InvalSender = std::sync::mpsc::Sender<InvalRequest>;
-
-/// How long a lookup waits for the kernel to drop another name's entry.
-const INVALIDATION_WAIT: Duration = Duration::from_millis(200);
-
-/// Directories longer than this are not searched for a second name of a
-/// hard-linked file (its names are then not cached).
-const ALIAS_SCAN_MAX: usize = 50_000;
-
-/// A name found by a lookup.
-struct Found {
-    attr: FileAttr,
-    generation: Generation,
-    /// A hard-linked file with another name in the same directory.
-    alias_here: bool,
-    /// The name (parent inode, name) its node was known by before.
-    displaced: Option<(u64, std::ffi::OsString)>,
 }
 
 impl LayerFs {
@@ -119,7 +95,6 @@ impl LayerFs {
             passthrough: AtomicBool::new(false),
             write_lock: Mutex::new(()),
             notifier: Arc::default(),
-            invalidations: std::sync::OnceLock::new(),
             view: view::AttrView::default(),
         })
     }
@@ -215,7 +190,7 @@ impl LayerFs {
         Generation(node.read(|s| s.generation))
     }
 
-    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<Option<Found>> {
+    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<Option<(FileAttr, Generation)>> {
         if name.len() > NAME_MAX {
             return Err(Error::errno(
                 libc::ENAMETOOLONG,
@@ -238,99 +213,10 @@ impl LayerFs {
         };
         let obj = self.stack.resolve(&merged, child)?;
         let listed = obj.ino;
-        let (node, displaced) = self.nodes.remember(&self.stack, dir.ino, name, obj)?;
-        let attr = self.attr(&node);
-        // Another name of it in this very directory? (Bounded: past that
-        // many entries, assume so.)
-        let alias_here = attr.kind != FileType::Directory
-            && attr.nlink > 1
-            && (listing.entries.len() > ALIAS_SCAN_MAX
-                || listing
-                    .entries
-                    .iter()
-                    .any(|c| c.ino == listed && c.name != name));
+        let node = self.nodes.remember(&self.stack, dir.ino, name, obj)?;
         drop(listing);
         self.renumbered(&dir, name, &node, listed)?;
-        Ok(Some(Found {
-            attr,
-            generation: Self::generation(&node),
-            alias_here,
-            displaced,
-        }))
-    }
-
-    /// The entry TTL of a name found: names of a hard-linked file on a
-    /// writable mount are special. FUSE names an inode, not the name
-    /// used, in open and setattr, while a copy-up must take the name used
-    /// (the kernel's rule): so the node takes the name looked up last,
-    /// and the kernel may cache only that one. A name with another name
-    /// of the same file in its directory is never cached (nothing could
-    /// tell the two apart); otherwise the name the node leaves, in
-    /// another directory, is dropped from the kernel's cache before the
-    /// lookup is answered ([`LayerFs::forget_name`]).
-    fn entry_ttl(&self, parent: INodeNo, found: &mut Found) -> Duration {
-        let hard_linked = self.stack.is_writable()
-            && found.attr.kind != FileType::Directory
-            && found.attr.nlink > 1;
-        if !hard_linked {
-            return LOWER_TTL;
-        }
-        let forgotten = match found.displaced.take() {
-            Some((p, n)) if p != parent.0 => self.forget_name(p, n),
-            _ => true,
-        };
-        if found.alias_here || !forgotten {
-            Duration::ZERO
-        } else {
-            LOWER_TTL
-        }
-    }
-
-    /// Have the kernel drop its entry `parent/name` (another name of the
-    /// same hard-linked file took its node over), and wait for it, so a
-    /// caller's next path walk through that name looks it up again. The
-    /// kernel takes the directory's lock for it, so it is sent by a thread
-    /// of its own and waited for a bounded time: a rename may hold that
-    /// directory while it waits for the one this lookup holds. False if
-    /// it could not be sent or did not finish in time (the caller then
-    /// caches nothing).
-    fn forget_name(&self, parent: u64, name: std::ffi::OsString) -> bool {
-        let Some(tx) = self
-            .invalidations
-            .get_or_init(|| self.start_invalidations())
-        else {
-            return false;
-        };
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        if tx.send((parent, name, done_tx)).is_err() {
-            return false;
-        }
-        done_rx.recv_timeout(INVALIDATION_WAIT).is_ok()
-    }
-
-    /// The thread that sends [`LayerFs::forget_name`]'s invalidations;
-    /// None before the session's notifier exists or if it cannot start.
-    fn start_invalidations(&self) -> Option<InvalSender> {
-        let notifier = self.notifier.get()?.clone();
-        let (tx, rx) = std::sync::mpsc::channel::<InvalRequest>();
-        let spawned = std::thread::Builder::new()
-            .name("layerfs-inval".into())
-            .spawn(move || {
-                for (parent, name, done) in rx {
-                    // ENOENT: the kernel holds no such entry, as good.
-                    if let Err(e) = notifier.inval_entry(INodeNo(parent), &name) {
-                        debug!(parent, ?name, error = %e, "entry invalidation refused");
-                    }
-                    let _ = done.send(());
-                }
-            });
-        match spawned {
-            Ok(_) => Some(tx),
-            Err(e) => {
-                warn!(error = %e, "no invalidation thread: hard-linked names are not cached");
-                None
-            }
-        }
+        Ok(Some((self.attr(&node), Self::generation(&node))))
     }
 
     /// The node of `dir/name` got another number than its listing shows
@@ -671,10 +557,19 @@ impl Filesystem for LayerFs {
             other => other,
         };
         match result {
-            Ok(Some(mut found)) => {
-                // (Outside the write lock: it may wait for the kernel.)
-                let ttl = self.entry_ttl(parent, &mut found);
-                reply.entry(&ttl, &found.attr, found.generation)
+            Ok(Some((attr, generation))) => {
+                // A name of a hard-linked file on a writable mount is looked
+                // up on every path walk: the node then knows which name is
+                // in use (see NodeTable::remember).
+                let ttl = if self.stack.is_writable()
+                    && attr.kind != FileType::Directory
+                    && attr.nlink > 1
+                {
+                    Duration::ZERO
+                } else {
+                    LOWER_TTL
+                };
+                reply.entry(&ttl, &attr, generation)
             }
             Ok(None) => reply.entry(&LOWER_TTL, &negative_entry(), Generation(0)),
             Err(e) => reply.error(errno_of(&e)),

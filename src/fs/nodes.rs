@@ -166,10 +166,6 @@ fn still_there(stack: &LayerStack, obj: &Resolved) -> bool {
     stack.restat(obj).is_ok_and(|st| st.same_object(&obj.stat))
 }
 
-/// A name (parent inode, name) a node was known by before another name
-/// of the same file took it over.
-pub type Displaced = (u64, OsString);
-
 #[derive(Debug, Default)]
 pub struct NodeTable {
     nodes: DashMap<u64, Arc<Node>>,
@@ -195,16 +191,14 @@ impl NodeTable {
     }
 
     /// Count one kernel lookup of an existing object, creating its node if
-    /// new. Names of one hard-linked file resolve to the same node; when
-    /// the node moves from another of its names, that name (parent inode,
-    /// name) comes back too, for the kernel to forget.
+    /// new. Names of one hard-linked file resolve to the same node.
     pub fn remember(
         &self,
         stack: &LayerStack,
         parent: u64,
         name: &std::ffi::OsStr,
         obj: Resolved,
-    ) -> Result<(Arc<Node>, Option<Displaced>)> {
+    ) -> Result<Arc<Node>> {
         // Count changes happen under the shard lock, so a concurrent forget
         // cannot drop a node a lookup is about to return.
         match self.nodes.entry(obj.ino) {
@@ -214,22 +208,18 @@ impl NodeTable {
                 if !same {
                     // A reused inode number: the old object is gone.
                     drop(o);
-                    return Ok((self.insert_new(parent, name, obj), None));
+                    return Ok(self.insert_new(parent, name, obj));
                 }
                 // Another name of a hard-linked file. FUSE names no path in
                 // open or setattr, so the node takes the name looked up
                 // last: the one a copy-up then puts in the upper, as the
-                // kernel copies up the name used (the caller has the
-                // kernel forget the name it knew, or caches neither: see
-                // LayerFs::entry_ttl, so a walk through another name looks
-                // that one up). The name it knew stays an alias while it
-                // is there.
+                // kernel copies up the name used (such names get no entry
+                // cache, so every path walk looks them up). The name it
+                // knew stays an alias while it is there.
                 let known = node.obj();
-                let mut displaced = None;
                 if known.upath != obj.upath {
                     let keep_known = still_there(stack, &known);
                     node.update(|s| {
-                        displaced = Some((s.parent, s.name.clone()));
                         s.aliases.retain(|a| a.2 != obj.upath);
                         if keep_known {
                             s.aliases
@@ -243,12 +233,12 @@ impl NodeTable {
                     });
                 }
                 node.lookups.fetch_add(1, Ordering::Relaxed);
-                Ok((node.clone(), displaced))
+                Ok(node.clone())
             }
             Entry::Vacant(v) => {
                 let node = counted_node(parent, name, obj, 0, 1);
                 v.insert(node.clone());
-                Ok((node, None))
+                Ok(node)
             }
         }
     }
