@@ -118,6 +118,11 @@ struct UmountArgs {
     /// Detach now even if busy; the kernel finishes when it is unused.
     #[arg(short, long)]
     lazy: bool,
+    /// Abort the FUSE connection first (a hung or killed daemon): calls
+    /// waiting on it, and all later ones, fail with ENOTCONN; then unmount,
+    /// detaching if still busy. Root only.
+    #[arg(short, long)]
+    force: bool,
     mountpoint: PathBuf,
 }
 
@@ -475,11 +480,31 @@ fn run_umount(args: UmountArgs) -> i32 {
     }
     let flags = if args.lazy {
         nix::mount::MntFlags::MNT_DETACH
+    } else if args.force {
+        // The kernel's fuse umount_begin aborts the connection.
+        nix::mount::MntFlags::MNT_FORCE
     } else {
         nix::mount::MntFlags::empty()
     };
     match nix::mount::umount2(&mnt, flags) {
         Ok(()) => 0,
+        Err(nix::errno::Errno::EBUSY) if args.force => {
+            match nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("layerfs: umount -f {}: {}", mnt.display(), e.desc());
+                    1
+                }
+            }
+        }
+        Err(nix::errno::Errno::EPERM) if args.force => {
+            eprintln!(
+                "layerfs: umount -f {}: aborting a FUSE connection needs root \
+                 (kill the daemon, then `layerfs umount -l`)",
+                mnt.display()
+            );
+            1
+        }
         Err(nix::errno::Errno::EPERM) => {
             // Not root: the setuid helper may unmount what this user mounted.
             let mut cmd = std::process::Command::new("fusermount3");

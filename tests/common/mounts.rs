@@ -227,6 +227,8 @@ pub struct DaemonExit {
 /// A `layerfs mount --foreground` child process and its mount.
 pub struct LayerfsMount {
     mnt: PathBuf,
+    /// The FUSE connection's device number (st_dev of the live mount).
+    dev: Option<u64>,
     child: Option<Child>,
     log_path: PathBuf,
     dir: Option<TempDir>,
@@ -301,6 +303,7 @@ impl LayerfsMount {
             .unwrap_or_else(|e| panic!("spawning {shown}: {e}"));
         let mut m = LayerfsMount {
             mnt,
+            dev: None,
             child: Some(child),
             log_path,
             dir: Some(dir),
@@ -318,6 +321,10 @@ impl LayerfsMount {
             if mount_fstype(&m.mnt).as_deref() == Some("fuse.layerfs")
                 && stat_within(&m.mnt, Duration::from_secs(2))
             {
+                m.dev = fs::metadata(&m.mnt).ok().map(|st| {
+                    use std::os::unix::fs::MetadataExt;
+                    st.dev()
+                });
                 return Ok(m);
             }
             if Instant::now() > deadline {
@@ -329,6 +336,27 @@ impl LayerfsMount {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Abort the mount's FUSE connection (fusectl's `abort`, as after a
+    /// daemon crash): every pending and later call fails with ENOTCONN.
+    /// False if there was no connection to abort.
+    pub fn abort_connection(&self) -> bool {
+        let Some(dev) = self.dev else {
+            return false;
+        };
+        let conns = Path::new("/sys/fs/fuse/connections");
+        if !is_mounted(conns) {
+            // Mounted at boot on systemd machines; not in every container.
+            let _ = Command::new("mount")
+                .args(["-t", "fusectl", "fusectl"])
+                .arg(conns)
+                .status();
+        }
+        let minor = libc::minor(dev);
+        let major = libc::major(dev);
+        let abort = conns.join((major << 20 | minor).to_string()).join("abort");
+        fs::write(&abort, "1").is_ok()
     }
 
     pub fn path(&self) -> &Path {
@@ -372,9 +400,16 @@ impl LayerfsMount {
                         std::thread::sleep(Duration::from_millis(10))
                     }
                     _ => {
-                        // Kills exactly our child, by pid.
+                        // Kills exactly our child, by pid. A killed daemon
+                        // whose thread waits in the kernel (an entry
+                        // invalidation behind a directory lock held by a
+                        // call that waits for the daemon) exits only once
+                        // its connection is aborted.
                         let _ = child.kill();
-                        let _ = child.wait();
+                        if !wait_for_exit(&mut child, Duration::from_secs(3)) {
+                            self.abort_connection();
+                            let _ = child.wait();
+                        }
                         break;
                     }
                 }
@@ -386,6 +421,18 @@ impl LayerfsMount {
             unmount_all(&self.mnt, true);
         }
         status
+    }
+}
+
+/// Whether `child` exited (and was reaped) within `limit`.
+fn wait_for_exit(child: &mut Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return true,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => return false,
+        }
     }
 }
 
