@@ -46,9 +46,11 @@ demo: build
 	layers-fixtures/demo-image.sh $(BIN) $(DEMO)
 
 # Benchmark against the kernel's overlayfs and fuse-overlayfs in one run
-# (docs/performance.md); root, about 1.5 minutes. Not part of `make test`.
+# (docs/performance.md), then `layerfs import` against umoci and tar; root,
+# a few minutes. Not part of `make test`.
 bench: build
 	python3 bench/run.py --bin $(BIN)
+	python3 bench/import.py --bin $(BIN)
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/layerfs
