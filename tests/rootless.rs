@@ -225,6 +225,26 @@ fn rootless_mounts_through_fusermount3_and_in_a_user_namespace() {
         !line.contains("allow_other"),
         "allow_other was not asked for: {line}"
     );
+    // Without allow_other, nobody else may look in: not another user, not
+    // even root (the kernel's FUSE rule), and the user's files stay whole.
+    let other = Command::new("setpriv")
+        .args(["--reuid=1", "--regid=1", "--clear-groups", "--", "ls"])
+        .arg(&m)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!other.status.success(), "another user listed the mount");
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    let by_root = fs::symlink_metadata(m.join("file")).map(|_| ());
+    assert_eq!(
+        by_root.map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EACCES)),
+        "root without allow_other"
+    );
     let out = check(
         // Not current_dir: the chdir would be root's, and root may not
         // enter a mount without allow_other.
