@@ -90,8 +90,8 @@ struct MountArgs {
     /// Stay attached to the terminal instead of running as a daemon.
     #[arg(short, long)]
     foreground: bool,
-    /// FUSE worker threads.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// FUSE worker threads (default: one per CPU, 2 to 4).
+    #[arg(long, default_value_t = default_threads(), value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
     /// Where the detached daemon writes its log (default: nowhere).
     #[arg(long, value_name = "FILE")]
@@ -124,6 +124,14 @@ struct UmountArgs {
     #[arg(short, long)]
     force: bool,
     mountpoint: PathBuf,
+}
+
+/// FUSE worker threads by default: one per CPU, at least 2 (one would
+/// let a long copy-up stall every caller) and at most 4 (more workers than
+/// CPUs only add hand-offs between threads: docs/performance.md).
+fn default_threads() -> u16 {
+    let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    u16::try_from(cpus.clamp(2, 4)).unwrap_or(2)
 }
 
 /// Entry point of the binary; returns the exit status.
@@ -165,7 +173,7 @@ pub fn main() -> i32 {
                     upper: None,
                     work: None,
                     foreground: c.foreground,
-                    threads: 4,
+                    threads: default_threads(),
                     log_file: None,
                     image: None,
                     container: None,
@@ -249,7 +257,7 @@ fn helper_args(args: &[OsString]) -> Result<MountArgs, String> {
         upper: None,
         work: None,
         foreground: false,
-        threads: 4,
+        threads: default_threads(),
         log_file: None,
         image: None,
         container: None,
