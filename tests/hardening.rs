@@ -1,5 +1,6 @@
 //! The ways a mount ends or its upper stops taking writes (needs root):
-//! unmounting while busy, SIGHUP, a backing filesystem remounted read-only.
+//! unmounting while busy, SIGHUP, a backing filesystem remounted read-only,
+//! a backing filesystem that fails with EIO (an ext4 image shut down).
 
 mod common;
 
@@ -212,6 +213,137 @@ fn an_upper_on_a_read_only_filesystem_fails_writes_and_keeps_serving_reads() {
         b"after"
     );
     assert!(layers.upper.join("d").is_dir());
+    let leftover: Vec<_> = fs::read_dir(layers.work.join("work"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftover.is_empty(), "the work dir kept {leftover:?}");
+}
+
+/// An ext4 filesystem in an image file, loop-mounted at `dir`; unmounted
+/// (and its loop device freed) when dropped.
+struct Ext4Image {
+    image: PathBuf,
+    dir: PathBuf,
+}
+
+impl Ext4Image {
+    fn new(image: &Path, dir: &Path) -> Ext4Image {
+        fs::File::create(image)
+            .and_then(|f| f.set_len(64 << 20))
+            .expect("image file");
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(image)
+            .output()
+            .expect("running mkfs.ext4");
+        assert!(out.status.success(), "mkfs.ext4: {out:?}");
+        fs::create_dir_all(dir).expect("mount point");
+        let fs = Ext4Image {
+            image: image.to_path_buf(),
+            dir: dir.to_path_buf(),
+        };
+        fs.mount();
+        fs
+    }
+
+    fn mount(&self) {
+        let out = Command::new("mount")
+            .args(["-t", "ext4", "-o", "loop"])
+            .arg(&self.image)
+            .arg(&self.dir)
+            .output()
+            .expect("running mount");
+        assert!(out.status.success(), "mount -o loop: {out:?}");
+    }
+
+    fn unmount(&self) {
+        if is_mounted(&self.dir) {
+            let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::empty());
+        }
+    }
+}
+
+impl Drop for Ext4Image {
+    fn drop(&mut self) {
+        self.unmount();
+        if is_mounted(&self.dir) {
+            let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn assert_eio<T: std::fmt::Debug>(what: &str, r: std::io::Result<T>) {
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => {}
+        other => panic!("{what} on a failed upper: {other:?}, expected EIO"),
+    }
+}
+
+#[test]
+fn an_upper_whose_filesystem_fails_with_eio_keeps_serving_lower_reads_and_loses_nothing() {
+    common::require_root();
+    let tmp = common::tempdir("layerfs-eio-");
+    let back = Ext4Image::new(&tmp.path().join("upper.img"), &tmp.path().join("back"));
+    let layers = Layers::new(tmp.path(), &back.dir);
+    let mount = layers.mount();
+    let m = mount.path().to_path_buf();
+    fs::write(m.join("new"), b"written before").expect("create in the upper");
+    fs::write(m.join("f"), b"copied up").expect("copy-up");
+    fs::create_dir(m.join("d")).expect("mkdir");
+    // What is written is what reached the disk: sync the upper's filesystem.
+    fs::File::open(m.join("new"))
+        .and_then(|f| f.sync_all())
+        .expect("fsync through the mount");
+    nix::unistd::syncfs(fs::File::open(&back.dir).expect("open the upper fs"))
+        .expect("syncfs of the upper");
+
+    common::sys::shut_down_filesystem(&back.dir).expect("FS_IOC_SHUTDOWN on the ext4 image");
+    // The lower is on another filesystem: it still reads.
+    assert_eq!(
+        fs::read(m.join("g")).expect("read of a lower file"),
+        b"another lower file"
+    );
+    // Everything that needs the upper fails with EIO, and only that (the
+    // kernel's overlayfs answers each of these calls the same way).
+    assert_eio("create", fs::write(m.join("other"), b"x"));
+    assert_eio("mkdir", fs::create_dir(m.join("e")));
+    assert_eio(
+        "chmod of a lower file (copy-up)",
+        fs::set_permissions(m.join("g"), fs::Permissions::from_mode(0o600)),
+    );
+    assert_eio("unlink of an upper file", fs::remove_file(m.join("new")));
+    assert_eio("read of an upper file", fs::read(m.join("new")));
+    // The lower file is still whole after the refused copy-up.
+    assert_eq!(
+        fs::read(m.join("g")).expect("read of a lower file after a failed copy-up"),
+        b"another lower file"
+    );
+    let exit = mount.unmount();
+    assert!(
+        exit.status.is_some_and(|s| s.success()),
+        "the daemon ended with {:?}:\n{}",
+        exit.status,
+        exit.log
+    );
+
+    // The filesystem back (a new mount clears the shutdown): nothing that
+    // was written is lost, and the mount works again.
+    back.unmount();
+    back.mount();
+    let mount = layers.mount();
+    let m = mount.path().to_path_buf();
+    assert_eq!(fs::read(m.join("new")).expect("new"), b"written before");
+    assert_eq!(fs::read(m.join("f")).expect("f"), b"copied up");
+    assert!(m.join("d").is_dir());
+    assert_eq!(fs::read(m.join("g")).expect("g"), b"another lower file");
+    fs::write(m.join("other"), b"after").expect("create after the repair");
+    let exit = mount.unmount();
+    assert!(
+        exit.status.is_some_and(|s| s.success()),
+        "the daemon ended with {:?}:\n{}",
+        exit.status,
+        exit.log
+    );
     let leftover: Vec<_> = fs::read_dir(layers.work.join("work"))
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
         .unwrap_or_default();

@@ -227,3 +227,17 @@ pub fn lstat(p: &Path) -> io::Result<libc::stat> {
         Err(io::Error::last_os_error())
     }
 }
+
+nix::ioctl_read!(fs_ioc_shutdown, b'X', 125, u32);
+
+/// Shut the filesystem holding `dir` down, as after a fatal device error:
+/// its journal is flushed first, then every call on it fails with EIO
+/// until it is mounted again (`FS_IOC_SHUTDOWN`, ext4 and xfs).
+pub fn shut_down_filesystem(dir: &Path) -> io::Result<()> {
+    let f = std::fs::File::open(dir)?;
+    let mut flags: u32 = 1; // LOGFLUSH
+    // SAFETY: an open fd and a valid pointer to the u32 the ioctl reads.
+    unsafe { fs_ioc_shutdown(std::os::fd::AsRawFd::as_raw_fd(&f), &mut flags) }
+        .map(|_| ())
+        .map_err(io::Error::from)
+}
