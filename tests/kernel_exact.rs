@@ -10,6 +10,9 @@
 //! * `redirects_in_lower_layers`: an upper with redirects (a renamed lower
 //!   directory) stacked as a lower layer of the next mount, also chained and
 //!   pointing into an opaque directory; whole trees compared.
+//! * `redirect_dir_follow_and_nofollow`: the kernel's other redirect modes
+//!   (redirects followed or refused, directories with lower content not
+//!   moved), read-only and writable.
 
 mod common;
 
@@ -698,4 +701,121 @@ fn hand_made_redirects_in_lower_layers() {
     assert!(!shown.iter().any(|n| n == "q/sub"), "kernel: {shown:?}");
     let ours = read_stack(Side::Layerfs, &stack);
     assert_same_tree("hand-made redirects", &kernel, &ours);
+}
+
+/// With `nofollow`, a snapshot without `a/x`, which both sides refuse to
+/// look up (checked separately); the error the snapshot records for it
+/// would be counted as a difference.
+fn comparable(t: &common::Tree, mode: &str) -> common::Tree {
+    let mut t = t.clone();
+    if mode == "nofollow" {
+        t.entries.retain(|k, _| !k.starts_with(b"a/x"));
+        t.errors.retain(|k, _| !k.starts_with(b"a/x"));
+    }
+    t
+}
+
+/// `redirect_dir=follow` and `=nofollow`, as the kernel has them: the
+/// redirects of a lower layer followed or not, and a directory with lower
+/// content that cannot move without a redirect (EXDEV, so mv copies it),
+/// while an upper-only directory moves.
+#[test]
+fn redirect_dir_follow_and_nofollow() {
+    common::require_root();
+    let tmp = common::tempdir("layerfs-redirect-mode-");
+    let root = tmp.path().canonicalize().expect("canonical temp dir");
+    let l0 = root.join("l0");
+    fill_bottom(&l0);
+    let u1 = write_upper(Side::Kernel, &root, "u1", std::slice::from_ref(&l0), |m| {
+        rename(m, "a/dir", "a/x");
+    });
+    let stack = vec![u1, l0];
+    for mode in ["follow", "nofollow"] {
+        let opts = format!("redirect_dir={mode}");
+        let kernel = {
+            let m = KernelOverlay::mount(&stack, &opts);
+            let mut t = common::snapshot(m.path());
+            t.drop_listed_but_absent();
+            t
+        };
+        let followed = names(&kernel).iter().any(|n| n == "a/x/f");
+        assert_eq!(followed, mode == "follow", "the kernel with {opts}");
+        let (ours, refused) = {
+            let m = LayerfsMount::mount(&stack, &opts);
+            let refused = fs::symlink_metadata(m.path().join("a/x")).map_err(|e| e.raw_os_error());
+            (common::snapshot(m.path()), refused.err())
+        };
+        if mode == "nofollow" {
+            // The kernel refuses to look below a redirect: EPERM for the
+            // redirected directory.
+            assert_eq!(refused, Some(Some(libc::EPERM)), "lstat a/x with {opts}");
+        }
+        assert_same_tree(
+            &format!("read-only, {opts}"),
+            &comparable(&kernel, mode),
+            &comparable(&ours, mode),
+        );
+
+        // Writable: the same renames on both, each with its own upper.
+        let outcomes = |side: Side| -> (Vec<String>, common::Tree) {
+            let name = format!("{mode}-{side:?}");
+            let (upper, work) = (root.join(&name), root.join(format!("{name}.work")));
+            mkdirs(&upper);
+            mkdirs(&work);
+            let uw = format!("{},{opts}", common::stack::uw(&upper, &work));
+            let run = |m: &Path| -> Vec<String> {
+                mkdirs(&m.join("fresh"));
+                [
+                    ("keep", "kept"),
+                    ("a/x", "a/y"),
+                    ("fresh", "fresh2"),
+                    ("a", "b"),
+                ]
+                .iter()
+                .map(|(from, to)| {
+                    let r = fs::rename(m.join(from), m.join(to));
+                    format!("mv {from} {to}: {:?}", r.map_err(|e| e.raw_os_error()))
+                })
+                .collect()
+            };
+            match side {
+                Side::Kernel => {
+                    let m = KernelOverlay::mount(&stack, &uw);
+                    let said = run(m.path());
+                    let mut t = common::snapshot(m.path());
+                    t.drop_listed_but_absent();
+                    (said, t)
+                }
+                Side::Layerfs => {
+                    let m = LayerfsMount::mount(&stack, &uw);
+                    let said = run(m.path());
+                    (said, common::snapshot(m.path()))
+                }
+            }
+        };
+        let (k_said, k_tree) = outcomes(Side::Kernel);
+        let (l_said, l_tree) = outcomes(Side::Layerfs);
+        assert!(
+            k_said
+                .iter()
+                .any(|s| s.contains(&format!("{:?}", Some(libc::EXDEV)))),
+            "the kernel moved every directory with {opts}: {k_said:?}"
+        );
+        assert_eq!(l_said, k_said, "renames with {opts}");
+        // Made at different moments on the two sides: mtimes differ.
+        let opts_no_mtimes = common::DiffOptions {
+            dir_sizes: false,
+            mtimes: false,
+            ..common::DiffOptions::default()
+        };
+        let problems = common::diff_with(
+            &comparable(&k_tree, mode),
+            &comparable(&l_tree, mode),
+            &opts_no_mtimes,
+        );
+        assert!(
+            problems.is_empty(),
+            "after the renames, {opts}: {problems:?}"
+        );
+    }
 }

@@ -329,13 +329,14 @@ fn run_mount_with(args: MountArgs, on_live: Option<OnLive>) -> i32 {
         }
         _ => LayerStack::open(&validated.lowers),
     };
-    let stack = match opened {
+    let mut stack = match opened {
         Ok(s) => s,
         Err(e) => {
             eprintln!("layerfs: {e}");
             return 1;
         }
     };
+    stack.set_redirect_dir(validated.redirect_dir);
     let stack_writable = stack.is_writable();
     let root_mode = stack
         .layer(0)

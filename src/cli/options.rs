@@ -56,6 +56,8 @@ pub struct MountSpec {
     pub userxattr: bool,
     /// Overlay `volatile`: no fsync of the upper layer.
     pub volatile: bool,
+    /// Overlay `redirect_dir` (`on` unless given).
+    pub redirect_dir: crate::union::RedirectDir,
     /// Generic mount flags as given, in order (`nosuid`, `nodev`, `noexec`,
     /// `noatime`, `sync`, ...), for the caller to pass on to the FUSE mount.
     pub mount_flags: Vec<String>,
@@ -82,6 +84,7 @@ pub struct ValidatedMount {
     pub default_permissions: bool,
     pub userxattr: bool,
     pub volatile: bool,
+    pub redirect_dir: crate::union::RedirectDir,
     pub mount_flags: Vec<String>,
     pub engine: super::compat::EngineOptions,
 }
@@ -523,12 +526,16 @@ fn parse_options(opts: &[String]) -> Result<Parsed, OptionsError> {
                 }
                 // Kernel overlay options, accepted for compatibility.
                 "redirect_dir" => {
-                    choice(
-                        key,
-                        value,
-                        &["on", "off", "follow", "nofollow"],
-                        "on, off, follow or nofollow",
-                    )?;
+                    use crate::union::RedirectDir;
+                    let allowed = ["on", "off", "follow", "nofollow"];
+                    spec.redirect_dir =
+                        match choice(key, value, &allowed, "on, off, follow or nofollow")? {
+                            "on" => RedirectDir::On,
+                            // `off` is `follow` where the kernel is built with
+                            // redirect_always_follow (its default).
+                            "off" | "follow" => RedirectDir::Follow,
+                            _ => RedirectDir::NoFollow,
+                        };
                 }
                 "index" | "metacopy" | "nfs_export" => {
                     choice(key, value, ON_OFF.0, ON_OFF.1)?;
@@ -759,6 +766,7 @@ pub fn validate(spec: &MountSpec, mountpoint: &Path) -> Result<ValidatedMount, O
         default_permissions: spec.default_permissions,
         userxattr: spec.userxattr,
         volatile: spec.volatile,
+        redirect_dir: spec.redirect_dir,
         mount_flags: spec.mount_flags.clone(),
         engine: spec.engine.clone(),
     })
@@ -1054,6 +1062,7 @@ mod tests {
                 "dirsync"
             ]
         );
+        assert_eq!(s.redirect_dir, crate::union::RedirectDir::NoFollow);
         assert!(s.userxattr);
     }
 

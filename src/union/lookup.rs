@@ -123,6 +123,20 @@ impl LayerStack {
                 opaque: false,
                 redirect: None,
             } => Ok(true),
+            // redirect_dir=nofollow: the kernel refuses to look below a
+            // redirect (EPERM: following one is like a symlink into the
+            // layers below, without their permission checks).
+            DirLookup::Dir { opaque: false, .. } if !self.redirect_dir.follows() => {
+                if idx as usize + 1 < self.layers.len() {
+                    return Err(Error::new(
+                        libc::EPERM,
+                        "lookup",
+                        layer_display(layer, at),
+                        "refusing to follow a redirect (redirect_dir=nofollow)",
+                    ));
+                }
+                Ok(true)
+            }
             DirLookup::Dir {
                 opaque: false,
                 redirect: Some(target),

@@ -32,6 +32,30 @@ pub struct LayerStack {
     layers: Vec<Layer>,
     inos: InoMap,
     upper: Option<Upper>,
+    redirect_dir: RedirectDir,
+}
+
+/// The kernel's `redirect_dir` option: whether renaming a directory with
+/// lower content records a redirect (else EXDEV, and callers such as mv
+/// copy the tree), and whether the redirects layers hold are followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedirectDir {
+    #[default]
+    On,
+    /// Followed, not created.
+    Follow,
+    /// Neither followed nor created.
+    NoFollow,
+}
+
+impl RedirectDir {
+    pub fn creates(self) -> bool {
+        self == RedirectDir::On
+    }
+
+    pub fn follows(self) -> bool {
+        self != RedirectDir::NoFollow
+    }
 }
 
 /// A directory as the union sees it: its path and the layers, top first,
@@ -191,6 +215,7 @@ impl LayerStack {
             layers,
             inos,
             upper: None,
+            redirect_dir: RedirectDir::On,
         })
     }
 
@@ -212,6 +237,11 @@ impl LayerStack {
 
     pub fn is_writable(&self) -> bool {
         self.upper.is_some()
+    }
+
+    /// Set the `redirect_dir` mode (on unless asked).
+    pub fn set_redirect_dir(&mut self, mode: RedirectDir) {
+        self.redirect_dir = mode;
     }
 
     pub fn len(&self) -> usize {

@@ -354,27 +354,45 @@ impl LayerStack {
         // it has set the source's redirect, and the upper filesystem may
         // touch the source's parent on the way). An OCI upper may hold an
         // opaque marker there: cleared, which refuses real entries.
-        let (mut clear_target, mut target_lower) = (false, false);
         if let Some(t) = &target {
             if t.ino == src.ino && !exchange {
                 return Ok(None);
             }
             let (s_dir, t_dir) = (src.kind == FileKind::Dir, t.kind == FileKind::Dir);
-            if !exchange {
-                if s_dir && !t_dir {
-                    return Err(Error::errno(libc::ENOTDIR, "rename", &to));
-                }
-                if !s_dir && t_dir {
-                    return Err(Error::errno(libc::EISDIR, "rename", &to));
-                }
-                target_lower = self.dir_shows_lower(dst_parent, t, &to)?;
-                if target_lower && !self.dir_is_empty(dst_parent, t, &to)? {
-                    return Err(Error::errno(libc::ENOTEMPTY, "rename", &to));
-                }
-                clear_target = t_dir
-                    && t.layer == 0
-                    && (target_lower || upper.format() == WhiteoutFormat::Oci);
+            if !exchange && s_dir && !t_dir {
+                return Err(Error::errno(libc::ENOTDIR, "rename", &to));
             }
+            if !exchange && !s_dir && t_dir {
+                return Err(Error::errno(libc::EISDIR, "rename", &to));
+            }
+        }
+        // Without redirects a directory with lower content cannot move
+        // (the kernel's EXDEV: mv then copies the tree).
+        if !self.redirect_dir.creates() {
+            let moves_lower =
+                |p: &Resolved, c: &Child, at: &RelPath| self.dir_shows_lower(p, c, at);
+            let target_moves = match (&target, exchange) {
+                (Some(t), true) => moves_lower(dst_parent, t, &to)?,
+                _ => false,
+            };
+            if target_moves || moves_lower(src_parent, &src, &from)? {
+                return Err(Error::new(
+                    libc::EXDEV,
+                    "rename",
+                    &from,
+                    "a directory with lower content moves only with redirect_dir=on",
+                ));
+            }
+        }
+        let (mut clear_target, mut target_lower) = (false, false);
+        if let Some(t) = target.as_ref().filter(|_| !exchange) {
+            let t_dir = t.kind == FileKind::Dir;
+            target_lower = self.dir_shows_lower(dst_parent, t, &to)?;
+            if target_lower && !self.dir_is_empty(dst_parent, t, &to)? {
+                return Err(Error::errno(libc::ENOTEMPTY, "rename", &to));
+            }
+            clear_target =
+                t_dir && t.layer == 0 && (target_lower || upper.format() == WhiteoutFormat::Oci);
         }
         Ok(Some(RenameCheck {
             src,
