@@ -133,6 +133,20 @@ const SHRINK_TIME: Duration = Duration::from_secs(60);
 
 /// Kernel overlay mount options for a writable mount.
 const KERNEL_OPTS: &str = "redirect_dir=on,index=on";
+/// The same in a user namespace (`layerfs_rootless_vs_kernel`): the kernel
+/// takes `user.overlay.*` markers there, and neither redirects nor an index.
+const KERNEL_OPTS_ROOTLESS: &str = "userxattr";
+/// What layerfs is given there, to do what that kernel mount does.
+const LAYERFS_OPTS_ROOTLESS: &str = "userxattr,redirect_dir=nofollow";
+/// Set (to [`USERNS_INNER`]) in the run that
+/// `layerfs_rootless_vs_kernel` starts inside a user namespace.
+const USERNS_ENV: &str = "LAYERFS_DIFF_USERNS";
+const USERNS_INNER: &str = "inner";
+
+/// Whether this run is the one inside the user namespace.
+fn rootless() -> bool {
+    std::env::var(USERNS_ENV).is_ok_and(|v| v == USERNS_INNER)
+}
 
 /// Overlay's private xattrs that the two uppers may legitimately differ in:
 /// file handles of lower inodes (origin, and the index they key), the
@@ -222,10 +236,18 @@ struct Side {
 /// Mount `layers` with the upper and work dirs in `uw` as `target` does.
 fn mount_side(target: Target, layers: &[PathBuf], uw: &str) -> Mounted {
     match target {
+        Target::Kernel if rootless() => Mounted::Kernel(KernelOverlay::mount(
+            layers,
+            &format!("{uw},{KERNEL_OPTS_ROOTLESS}"),
+        )),
         Target::Kernel => {
             Mounted::Kernel(KernelOverlay::mount(layers, &format!("{uw},{KERNEL_OPTS}")))
         }
         Target::Layerfs => Mounted::Layerfs(LayerfsMount::mount(layers, uw)),
+        Target::LayerfsOci if rootless() => Mounted::Layerfs(LayerfsMount::mount(
+            layers,
+            &format!("{uw},whiteout=oci,{LAYERFS_OPTS_ROOTLESS}"),
+        )),
         Target::LayerfsOci => {
             Mounted::Layerfs(LayerfsMount::mount(layers, &format!("{uw},whiteout=oci")))
         }
@@ -333,7 +355,12 @@ impl Side {
 /// (whiteouts as char devices 0/0, `trusted.overlay.opaque`).
 fn build_layers(fixture: &str, dest: &Path) -> Vec<PathBuf> {
     if fixture != LONG_PATHS {
-        return materialize(fixture, Dialect::OverlayTrusted, dest);
+        let dialect = if rootless() {
+            Dialect::OverlayUser
+        } else {
+            Dialect::OverlayTrusted
+        };
+        return materialize(fixture, dialect, dest);
     }
     use std::os::unix::fs::PermissionsExt;
     let (base, top) = (dest.join("00-base"), dest.join("01-top"));
@@ -474,9 +501,27 @@ fn merged_problems(a: &Side, b: &Side, since: i64) -> Vec<String> {
     };
     let opts = DiffOptions {
         dir_sizes: false,
+        // See [`comparable`].
+        hardlinks: !rootless(),
+        nlink: !rootless(),
         ..DiffOptions::default()
     };
     diff_with(&snap(a), &snap(b), &opts)
+}
+
+/// An outcome as compared. In a user namespace the kernel's overlayfs has
+/// no index (`index=on` needs `trusted.*`), so a copy-up breaks a lower
+/// file's hard links there and its link counts follow; layerfs keeps them
+/// (as the kernel with an index does): link counts and hard-link groups
+/// are not compared in that run.
+fn comparable(o: ops::Outcome) -> ops::Outcome {
+    match o {
+        Ok(ops::Value::Stat(mut st)) if rootless() => {
+            st.nlink = None;
+            Ok(ops::Value::Stat(st))
+        }
+        other => other,
+    }
 }
 
 fn is_whiteout(e: &common::Entry) -> bool {
@@ -761,13 +806,19 @@ fn drive(
         };
         // An OCI layer cannot hold a name starting with `.wh.` (it is a
         // whiteout there): layerfs refuses those with EINVAL by design.
-        if b.target == Target::LayerfsOci && touches_oci_reserved(&op) {
+        // In a user namespace, hard links are not compared (see
+        // [`comparable`]): none are made.
+        let skipped = rootless() && op.kind_name() == "link";
+        if skipped || (b.target == Target::LayerfsOci && touches_oci_reserved(&op)) {
             run.ops.push(op); // kept, so op numbers stay those of the seed
             run.outcomes.push(None);
             continue;
         }
         dog.doing(|| format!("op #{i}: {op}"));
-        let (oa, ob) = (ops::apply(a.root(), &op), ops::apply(b.root(), &op));
+        let (oa, ob) = (
+            comparable(ops::apply(a.root(), &op)),
+            comparable(ops::apply(b.root(), &op)),
+        );
         run.stats.add(&op, &oa);
         run.ops.push(op.clone());
         run.outcomes.push(Some(oa.clone()));
@@ -796,7 +847,10 @@ fn drive(
         if !op.is_read_only() {
             for p in op.paths() {
                 let st = Op::Stat { path: p.clone() };
-                let (sa, sb) = (ops::apply(a.root(), &st), ops::apply(b.root(), &st));
+                let (sa, sb) = (
+                    comparable(ops::apply(a.root(), &st)),
+                    comparable(ops::apply(b.root(), &st)),
+                );
                 if sa != sb {
                     fail(
                         Some(i),
@@ -1062,7 +1116,12 @@ fn run_case(case: &Case, other: Target) -> (Stats, Option<String>) {
 /// Runs every case over `WORKERS` threads; panics with all failures.
 fn differential(other: Target) {
     common::require_root();
-    let cases = cases();
+    let mut cases = cases();
+    if rootless() {
+        // Device nodes cannot be made in a user namespace; hard-linked
+        // lower files are not compared there (see [`comparable`]).
+        cases.retain(|c| c.fixture != "special" && c.fixture != "links");
+    }
     let next = AtomicUsize::new(0);
     let results = Mutex::new((Stats::default(), Vec::<String>::new()));
     std::thread::scope(|s| {
@@ -1113,6 +1172,68 @@ fn layerfs_vs_kernel() {
 #[test]
 fn layerfs_oci_vs_kernel() {
     differential(Target::LayerfsOci);
+}
+
+/// Rootless: layerfs as root of a user namespace (`unshare -Urm`, /dev/fuse
+/// opened by itself, `user.overlay.*` markers, OCI whiteouts) against the
+/// kernel's overlayfs mounted in the same namespace with `userxattr`: the
+/// outcomes and merged trees. This test runs itself again inside the
+/// namespace (ids 0-65535 mapped as they are, no capability outside it);
+/// there neither mount may set `trusted.*` xattrs or make device nodes,
+/// and neither moves a directory with lower content (EXDEV, as without
+/// redirects). The `special` fixture (device nodes) cannot be built there;
+/// hard links are left out (see [`comparable`]).
+#[test]
+fn layerfs_rootless_vs_kernel() {
+    if rootless() {
+        differential(Target::LayerfsOci);
+        return;
+    }
+    common::require_root();
+    // `unshare -Urm` maps only root, and the fixtures have files of other
+    // owners: the namespace maps ids 0-65535 as they are (written from
+    // here, as newuidmap would for a user), and the run waits for that.
+    let mut child = std::process::Command::new("unshare")
+        .args(["--user", "--mount", "--propagation", "private", "--"])
+        .args(["sh", "-c", "read go && exec \"$0\" \"$@\""])
+        .arg(std::env::current_exe().expect("the test binary"))
+        .args([
+            "--exact",
+            "layerfs_rootless_vs_kernel",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(USERNS_ENV, USERNS_INNER)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running unshare");
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
+    let pid = child.id().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ns(&pid) == ns("self") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for map in ["uid_map", "gid_map"] {
+        std::fs::write(format!("/proc/{pid}/{map}"), "0 0 65536\n")
+            .unwrap_or_else(|e| panic!("writing {map} of the namespace: {e}"));
+    }
+    if let Some(mut go) = child.stdin.take() {
+        std::io::Write::write_all(&mut go, b"go\n").expect("starting the run");
+    }
+    let out = child.wait_with_output().expect("waiting for the run");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{said}");
+    assert!(
+        out.status.success() && said.contains("1 passed"),
+        "the run in a user namespace failed ({}):\n{said}",
+        out.status
+    );
 }
 
 // ---- the harness itself --------------------------------------------------

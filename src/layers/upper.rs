@@ -310,7 +310,7 @@ impl Upper {
     fn set_nlink_diff(&self, dir: BorrowedFd<'_>, name: &CStr, diff: i64) -> io::Result<()> {
         let key = self.xattr_name("nlink");
         let value = format!("U{diff:+}");
-        with_proc_path(dir, name, |p| {
+        let set = with_proc_path(dir, name, |p| {
             // SAFETY: valid C strings and buffer.
             cvt(unsafe {
                 libc::lsetxattr(
@@ -321,7 +321,19 @@ impl Upper {
                     0,
                 )
             })
-        })
+        });
+        match set {
+            // `user.*` xattrs go on files and directories only: a hard-
+            // linked fifo or device shows its upper link count.
+            Err(e)
+                if e.raw_os_error() == Some(libc::EPERM)
+                    && self.xattr_prefix.starts_with("user.") =>
+            {
+                tracing::debug!(?name, "no link-count xattr on a special file (userxattr)");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     fn tmp_name(&self) -> CString {
