@@ -1,20 +1,21 @@
 //! The FUSE glue: maps fuser requests onto the union engine and its errors
 //! onto errnos. Inode and handle tables, TTLs and passthrough live here.
 
+mod attr;
 mod fusermount;
 mod guard;
 pub mod mount;
 mod nodes;
+mod read;
 pub mod view;
 mod write;
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use fuser::{
@@ -25,13 +26,12 @@ use fuser::{
 };
 use tracing::{debug, info, warn};
 
+use attr::{decode_dev, file_type, negative_entry};
 pub use nodes::{Node, NodeState, NodeTable};
 
 use crate::error::{Error, Result};
-use crate::layers::{FileKind, NewObject, Stat};
-use crate::union::{
-    AttrChange, INDEX_LAYER, LayerIdx, LayerStack, Listing, fuser_root_ino, layer_display,
-};
+use crate::layers::{FileKind, NewObject};
+use crate::union::{AttrChange, LayerIdx, LayerStack, Listing, fuser_root_ino, layer_display};
 
 /// Lower layers never change while mounted, so the kernel may cache what
 /// it learns of them for as long as it likes.
@@ -140,56 +140,6 @@ impl LayerFs {
         })
     }
 
-    /// The attributes to report. Upper objects change under our own
-    /// writes, so they are read again; lower ones never change.
-    fn attr(&self, node: &Node) -> FileAttr {
-        let mut obj = node.obj();
-        // A lower name of a hard-linked file whose index copy was made
-        // since (through another name): it shows that copy from now on.
-        if let Some((key, st)) = self.stack.indexed(obj.layer, obj.kind, &obj.stat) {
-            node.update(|s| {
-                s.obj.layer = INDEX_LAYER;
-                s.obj.path = key.clone();
-                s.obj.stat = st;
-                s.obj.index_key = Some(key);
-            });
-            obj = node.obj();
-        }
-        let upper_copy = obj.layer == 0 || obj.layer == INDEX_LAYER;
-        let stale = upper_copy && self.stack.is_writable();
-        let stat = if stale {
-            match self.stack.restat(&obj) {
-                Ok(st) if st.same_object(&obj.stat) => {
-                    node.update(|s| s.obj.stat = st);
-                    st
-                }
-                // Unlinked while open, or its name now holds another
-                // object: what we last knew.
-                _ => obj.stat,
-            }
-        } else {
-            obj.stat
-        };
-        let mut nlink = self.stack.shown_nlink(&obj, &stat);
-        // As the kernel's overlayfs: counting subdirectories of a merged
-        // directory is not worth it, and find(1) is happy with 1.
-        if obj.dir.as_ref().is_some_and(|d| d.layers.len() > 1)
-            || (self.view.static_nlink && obj.kind == FileKind::Dir)
-        {
-            nlink = 1;
-        }
-        let stat = if self.view.is_identity() {
-            stat
-        } else {
-            self.view.shown(&self.stack, &obj, stat)
-        };
-        file_attr(node.ino, &stat, nlink)
-    }
-
-    fn generation(node: &Node) -> Generation {
-        Generation(node.read(|s| s.generation))
-    }
-
     fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<Option<(FileAttr, Generation)>> {
         if name.len() > NAME_MAX {
             return Err(Error::errno(
@@ -229,148 +179,6 @@ impl LayerFs {
             l.set_ino(name, node.ino);
             Ok(())
         })
-    }
-
-    fn do_open(
-        &self,
-        ino: INodeNo,
-        flags: OpenFlags,
-        reply: &ReplyOpen,
-    ) -> Result<(u64, Option<Arc<BackingId>>)> {
-        let node = self.node(ino, "open")?;
-        if node.is_dir() {
-            // The kernel opens directories with opendir: the number names
-            // a new directory now, the object opened was removed.
-            return Err(stale(&node, "open"));
-        }
-        let access = flags.0 & libc::O_ACCMODE;
-        let (file, obj) = if access != libc::O_RDONLY {
-            if !self.stack.is_writable() {
-                return Err(Error::errno(
-                    libc::EROFS,
-                    "open",
-                    node.read(|s| s.obj.path.clone()),
-                ));
-            }
-            let _w = self.lock_writes();
-            self.ensure_upper(&node)?;
-            self.open_node(&node, flags)?
-        } else {
-            match self.open_node(&node, flags) {
-                // Changes take the write lock: under it the node and the
-                // layers agree, so what fails now fails in a serial order.
-                Err(_) if self.stack.is_writable() => {
-                    let _w = self.lock_writes();
-                    self.open_node(&node, flags)?
-                }
-                other => other?,
-            }
-        };
-        let backing = if self.passthrough.load(Ordering::Relaxed) && !self.stack.is_writable() {
-            self.backing_for(&node, &file, reply)
-        } else {
-            None
-        };
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.handles.insert(
-            fh,
-            Handle::File(FileHandleState {
-                file,
-                layer: obj.layer,
-                ino: node.ino,
-                _backing: backing.clone(),
-            }),
-        );
-        Ok((fh, backing))
-    }
-
-    /// Open the object `node` stands for, and make sure it is that object:
-    /// a change made meanwhile may have put another at its path (ENOENT:
-    /// in a serial order the open came after the removal).
-    fn open_node(&self, node: &Node, flags: OpenFlags) -> Result<(File, crate::union::Resolved)> {
-        let obj = node.obj();
-        let layer = self.stack.layer(obj.layer);
-        let access = flags.0 & libc::O_ACCMODE;
-        // O_APPEND is not passed on: the kernel sends the offset to write at.
-        let keep = libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
-        let fd = layer
-            .open_beneath(&obj.path, access | (flags.0 & keep) | libc::O_NOFOLLOW)
-            .map_err(|e| Error::io(e, "open", layer_display(layer, &obj.path)))?;
-        let file = File::from(fd);
-        let st = file
-            .metadata()
-            .map_err(|e| Error::io(e, "open", layer_display(layer, &obj.path)))?;
-        let same = (st.dev(), st.ino(), st.mode() & libc::S_IFMT)
-            == (obj.stat.dev, obj.stat.ino, obj.stat.file_type());
-        if !same {
-            return Err(stale(node, "open"));
-        }
-        Ok((file, obj))
-    }
-
-    /// The backing id of `node`, registering `file` if it has none open.
-    fn backing_for(&self, node: &Node, file: &File, reply: &ReplyOpen) -> Option<Arc<BackingId>> {
-        let mut slot = node.backing.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(id) = slot.upgrade() {
-            return Some(id);
-        }
-        match reply.open_backing(file) {
-            Ok(id) => {
-                let id = Arc::new(id);
-                *slot = Arc::downgrade(&id);
-                Some(id)
-            }
-            Err(e) => {
-                if self.passthrough.swap(false, Ordering::Relaxed) {
-                    info!(error = %e, "FUSE passthrough refused; serving reads in the daemon");
-                }
-                None
-            }
-        }
-    }
-
-    fn do_read(&self, fh: FileHandle, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let bad = || Error::errno(libc::EBADF, "read", format!("handle {}", fh.0));
-        let mut handle = self.handles.get_mut(&fh.0).ok_or_else(bad)?;
-        let Handle::File(h) = &mut *handle else {
-            return Err(Error::errno(
-                libc::EISDIR,
-                "read",
-                format!("handle {}", fh.0),
-            ));
-        };
-        if h.layer != 0 && self.stack.is_writable() {
-            self.follow_copy_up(h)?;
-        }
-        let mut buf = vec![0u8; size as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match h.file.read_at(&mut buf[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io(e, "read", format!("handle {}", fh.0))),
-            }
-        }
-        buf.truncate(filled);
-        Ok(buf)
-    }
-
-    /// A lower file copied up since the handle opened: read the copy.
-    fn follow_copy_up(&self, h: &mut FileHandleState) -> Result<()> {
-        let Some(node) = self.nodes.get(h.ino) else {
-            return Ok(());
-        };
-        let obj = node.obj();
-        if obj.layer == h.layer {
-            return Ok(());
-        }
-        let layer = self.stack.layer(obj.layer);
-        h.file = layer
-            .open_file(&obj.path)
-            .map_err(|e| Error::io(e, "read", layer_display(layer, &obj.path)))?;
-        h.layer = obj.layer;
-        Ok(())
     }
 
     fn check_access(&self, req: &Request, node: &Node, mask: AccessFlags) -> Result<()> {
@@ -450,75 +258,6 @@ fn errno_of(err: &Error) -> Errno {
         warn!(%err);
     }
     Errno::from_i32(err.raw_errno())
-}
-
-fn to_system_time((secs, nsecs): (i64, i64)) -> SystemTime {
-    let nsecs = u32::try_from(nsecs).unwrap_or(0);
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::new(secs as u64, nsecs)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-            + Duration::from_nanos(u64::from(nsecs))
-    }
-}
-
-fn file_type(kind: FileKind) -> FileType {
-    match kind {
-        FileKind::Regular => FileType::RegularFile,
-        FileKind::Dir => FileType::Directory,
-        FileKind::Symlink => FileType::Symlink,
-        FileKind::Fifo => FileType::NamedPipe,
-        FileKind::CharDev => FileType::CharDevice,
-        FileKind::BlockDev => FileType::BlockDevice,
-        FileKind::Socket => FileType::Socket,
-    }
-}
-
-fn file_attr(ino: u64, st: &Stat, nlink: u64) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(ino),
-        size: st.size,
-        blocks: st.blocks,
-        atime: to_system_time(st.atime),
-        mtime: to_system_time(st.mtime),
-        ctime: to_system_time(st.ctime),
-        crtime: to_system_time(st.ctime),
-        kind: file_type(FileKind::from_mode(st.mode).unwrap_or(FileKind::Regular)),
-        perm: (st.mode & 0o7777) as u16,
-        nlink: u32::try_from(nlink).unwrap_or(u32::MAX),
-        uid: st.uid,
-        gid: st.gid,
-        // FUSE carries the encoded dev_t in 32 bits (new_encode_dev).
-        rdev: encode_dev(st.rdev),
-        blksize: u32::try_from(st.blksize).unwrap_or(4096),
-        flags: 0,
-    }
-}
-
-fn encode_dev(rdev: u64) -> u32 {
-    let major = libc::major(rdev);
-    let minor = libc::minor(rdev);
-    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
-}
-
-/// A negative entry: the kernel caches "no such name" for the TTL.
-fn negative_entry() -> FileAttr {
-    let zero = Stat {
-        dev: 0,
-        ino: 0,
-        mode: libc::S_IFREG,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        size: 0,
-        blocks: 0,
-        blksize: 4096,
-        atime: (0, 0),
-        mtime: (0, 0),
-        ctime: (0, 0),
-    };
-    file_attr(0, &zero, 0)
 }
 
 // Every handler here is forwarded by guard.rs, which keeps a panic from
@@ -1156,11 +895,4 @@ fn reply_empty(result: Result<()>, reply: ReplyEmpty) {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(errno_of(&e)),
     }
-}
-
-/// The dev_t FUSE carries in 32 bits (new_encode_dev), decoded.
-fn decode_dev(dev: u32) -> u64 {
-    let major = (dev & 0xfff00) >> 8;
-    let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
-    libc::makedev(major, minor)
 }
