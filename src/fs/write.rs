@@ -3,7 +3,6 @@
 //! (whiteouts, opaque directories, where data goes) are `union::write`'s.
 
 use std::ffi::OsStr;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, MutexGuard, PoisonError};
 
@@ -588,15 +587,13 @@ impl LayerFs {
             i64::try_from(offset).map_err(|_| Error::errno(libc::EFBIG, "fallocate", h.ino))?,
             i64::try_from(length).map_err(|_| Error::errno(libc::EFBIG, "fallocate", h.ino))?,
         );
-        // SAFETY: a valid fd owned by the handle.
-        if unsafe { libc::fallocate(h.file.as_raw_fd(), mode, off, len) } < 0 {
-            return Err(Error::io(
-                std::io::Error::last_os_error(),
-                "fallocate",
-                format!("inode {}", h.ino),
-            ));
-        }
-        Ok(())
+        nix::fcntl::fallocate(
+            &h.file,
+            nix::fcntl::FallocateFlags::from_bits_retain(mode),
+            off,
+            len,
+        )
+        .map_err(|e| Error::io(e.into(), "fallocate", format!("inode {}", h.ino)))
     }
 
     pub(super) fn do_write_xattr(

@@ -663,10 +663,7 @@ impl LayerStack {
                 .map_err(err)?;
             let len = i64::try_from(size)
                 .map_err(|_| Error::errno(libc::EFBIG, "truncate", &obj.path))?;
-            // SAFETY: valid fd.
-            if unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&f), len) } < 0 {
-                return Err(err(io::Error::last_os_error()));
-            }
+            nix::unistd::ftruncate(&f, len).map_err(|e| err(e.into()))?;
         }
         // A setattr that changes nothing (chown(path, -1, -1)) still
         // touches ctime, as it does on the kernel's overlayfs and ext4:
@@ -676,35 +673,24 @@ impl LayerStack {
             && change.atime.is_none()
             && change.mtime.is_none();
         if change.uid.is_some() || change.gid.is_some() || nothing {
-            let uid = change.uid.unwrap_or(u32::MAX);
-            let gid = change.gid.unwrap_or(u32::MAX);
-            // SAFETY: valid fd and C string; -1 leaves an id unchanged.
-            let r = unsafe {
-                libc::fchownat(
-                    std::os::fd::AsRawFd::as_raw_fd(&dfd),
-                    cname.as_ptr(),
-                    uid,
-                    gid,
-                    libc::AT_SYMLINK_NOFOLLOW,
-                )
-            };
-            if r < 0 {
-                return Err(err(io::Error::last_os_error()));
-            }
+            // None (-1) leaves an id unchanged.
+            nix::unistd::fchownat(
+                dfd,
+                cname.as_c_str(),
+                change.uid.map(nix::unistd::Uid::from_raw),
+                change.gid.map(nix::unistd::Gid::from_raw),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| err(e.into()))?;
         }
         if let Some(mode) = change.mode {
-            // SAFETY: valid fd and C string.
-            let r = unsafe {
-                libc::fchmodat(
-                    std::os::fd::AsRawFd::as_raw_fd(&dfd),
-                    cname.as_ptr(),
-                    mode & 0o7777,
-                    0,
-                )
-            };
-            if r < 0 {
-                return Err(err(io::Error::last_os_error()));
-            }
+            nix::sys::stat::fchmodat(
+                dfd,
+                cname.as_c_str(),
+                nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| err(e.into()))?;
         }
         if change.atime.is_some() || change.mtime.is_some() {
             let omit = (0, libc::UTIME_OMIT);
