@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -120,11 +120,8 @@ pub fn redirect_stdio(log_file: Option<&Path>) -> std::io::Result<()> {
         Some(p) => File::options().create(true).append(true).open(p)?,
         None => null.try_clone()?,
     };
-    for (src, fd) in [(&null, 0), (&null, 1), (&err_target, 2)] {
-        // SAFETY: dup2 onto the standard descriptors, which we own.
-        if unsafe { libc::dup2(src.as_raw_fd(), fd) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
+    nix::unistd::dup2_stdin(&null)?;
+    nix::unistd::dup2_stdout(&null)?;
+    nix::unistd::dup2_stderr(&err_target)?;
     Ok(())
 }

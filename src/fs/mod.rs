@@ -12,7 +12,6 @@ mod write;
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -603,13 +602,19 @@ impl Filesystem for LayerFs {
         let Handle::File(h) = &*handle else {
             return reply.error(Errno::EINVAL);
         };
-        // SAFETY: a valid fd owned by the handle, which we hold.
-        let pos = unsafe { libc::lseek(h.file.as_raw_fd(), offset, whence) };
-        if pos < 0 {
-            let err = std::io::Error::last_os_error();
-            return reply.error(Errno::from_i32(err.raw_os_error().unwrap_or(libc::EIO)));
+        use nix::unistd::Whence;
+        let whence = match whence {
+            libc::SEEK_SET => Whence::SeekSet,
+            libc::SEEK_CUR => Whence::SeekCur,
+            libc::SEEK_END => Whence::SeekEnd,
+            libc::SEEK_DATA => Whence::SeekData,
+            libc::SEEK_HOLE => Whence::SeekHole,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match nix::unistd::lseek(&h.file, offset, whence) {
+            Ok(pos) => reply.offset(pos),
+            Err(e) => reply.error(Errno::from_i32(e as i32)),
         }
-        reply.offset(pos);
     }
 
     fn mknod(
