@@ -77,8 +77,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::ops::{self, Gen, Op, Outcome, RelPath};
@@ -142,6 +142,19 @@ const LAYERFS_OPTS_ROOTLESS: &str = "userxattr,redirect_dir=nofollow";
 /// `layerfs_rootless_vs_kernel` starts inside a user namespace.
 const USERNS_ENV: &str = "LAYERFS_DIFF_USERNS";
 const USERNS_INNER: &str = "inner";
+
+/// Held (shared) by every test here that mounts, and exclusively by
+/// `layerfs_rootless_vs_kernel` while its run in a new mount namespace
+/// lives: that namespace starts as a copy of ours, and a copy of another
+/// test's layerfs mount would keep its daemon serving after that test
+/// unmounts it (seen: "daemon ended with None" at a remount).
+static MOUNT_NAMESPACE: RwLock<()> = RwLock::new(());
+
+fn mounting() -> std::sync::RwLockReadGuard<'static, ()> {
+    MOUNT_NAMESPACE
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Whether this run is the one inside the user namespace.
 fn rootless() -> bool {
@@ -1116,6 +1129,7 @@ fn run_case(case: &Case, other: Target) -> (Stats, Option<String>) {
 /// Runs every case over `WORKERS` threads; panics with all failures.
 fn differential(other: Target) {
     common::require_root();
+    let _mounting = mounting();
     let mut cases = cases();
     if rootless() {
         // Device nodes cannot be made in a user namespace; hard-linked
@@ -1190,6 +1204,9 @@ fn layerfs_rootless_vs_kernel() {
         return;
     }
     common::require_root();
+    let _alone = MOUNT_NAMESPACE
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // `unshare -Urm` maps only root, and the fixtures have files of other
     // owners: the namespace maps ids 0-65535 as they are (written from
     // here, as newuidmap would for a user), and the run waits for that.
@@ -1244,6 +1261,7 @@ fn layerfs_rootless_vs_kernel() {
 #[test]
 fn harness_notices_differences() {
     common::require_root();
+    let _mounting = mounting();
     ops::private_umask();
     let p = |s: &str| RelPath(s.as_bytes().to_vec());
     let script = [
