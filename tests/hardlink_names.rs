@@ -1,6 +1,6 @@
-//! Names of hard-linked lower files are cached by the kernel on a writable
-//! layerfs mount (issue 9), yet a copy-up still takes the name that was
-//! used, as the kernel's overlayfs does: after a lookup of one name, a
+//! A copy-up of a hard-linked lower file takes the name that was used, as
+//! the kernel's overlayfs does, whatever the kernel caches of the other
+//! names (a guard for any caching of them, issue 9): after a lookup of one name, a
 //! change through another name (in another directory, or in the same one)
 //! must copy up that other name. Checked against the kernel on identical
 //! copies of the `links` fixture, by the names and modes each leaves in
