@@ -227,8 +227,6 @@ pub struct DaemonExit {
 /// A `layerfs mount --foreground` child process and its mount.
 pub struct LayerfsMount {
     mnt: PathBuf,
-    /// The FUSE connection's device number (st_dev of the live mount).
-    dev: Option<u64>,
     child: Option<Child>,
     log_path: PathBuf,
     dir: Option<TempDir>,
@@ -303,7 +301,6 @@ impl LayerfsMount {
             .unwrap_or_else(|e| panic!("spawning {shown}: {e}"));
         let mut m = LayerfsMount {
             mnt,
-            dev: None,
             child: Some(child),
             log_path,
             dir: Some(dir),
@@ -321,10 +318,6 @@ impl LayerfsMount {
             if mount_fstype(&m.mnt).as_deref() == Some("fuse.layerfs")
                 && stat_within(&m.mnt, Duration::from_secs(2))
             {
-                m.dev = fs::metadata(&m.mnt).ok().map(|st| {
-                    use std::os::unix::fs::MetadataExt;
-                    st.dev()
-                });
                 return Ok(m);
             }
             if Instant::now() > deadline {
@@ -338,25 +331,20 @@ impl LayerfsMount {
         }
     }
 
-    /// Abort the mount's FUSE connection (fusectl's `abort`, as after a
-    /// daemon crash): every pending and later call fails with ENOTCONN.
-    /// False if there was no connection to abort.
+    /// Abort the mount's FUSE connection, as `umount -f` does (the
+    /// kernel's fuse umount_begin): every pending and later call fails
+    /// with ENOTCONN. Only while it is still mounted at its own mount point
+    /// (a detached connection cannot be told from another one). False if
+    /// there was nothing to abort.
     pub fn abort_connection(&self) -> bool {
-        let Some(dev) = self.dev else {
+        if mount_fstype(&self.mnt).as_deref() != Some("fuse.layerfs") {
             return false;
-        };
-        let conns = Path::new("/sys/fs/fuse/connections");
-        if !is_mounted(conns) {
-            // Mounted at boot on systemd machines; not in every container.
-            let _ = Command::new("mount")
-                .args(["-t", "fusectl", "fusectl"])
-                .arg(conns)
-                .status();
         }
-        let minor = libc::minor(dev);
-        let major = libc::major(dev);
-        let abort = conns.join((major << 20 | minor).to_string()).join("abort");
-        fs::write(&abort, "1").is_ok()
+        // EBUSY when calls are pending: the connection is aborted anyway.
+        match umount2(&self.mnt, libc::MNT_FORCE) {
+            Ok(()) => true,
+            Err(e) => e.raw_os_error() == Some(libc::EBUSY),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -408,7 +396,13 @@ impl LayerfsMount {
                         let _ = child.kill();
                         if !wait_for_exit(&mut child, Duration::from_secs(3)) {
                             self.abort_connection();
-                            let _ = child.wait();
+                            if !wait_for_exit(&mut child, Duration::from_secs(10)) {
+                                eprintln!(
+                                    "warning: layerfs daemon {} for {} does not exit even killed",
+                                    child.id(),
+                                    self.mnt.display()
+                                );
+                            }
                         }
                         break;
                     }
