@@ -204,8 +204,14 @@ impl LayerStack {
             // are files there.
             stack.layers[0].ignore_oci_names();
         }
-        let upper = Upper::open(&spec.work, spec.format, spec.userxattr, spec.durable)
-            .map_err(|e| Error::io(e, "open work dir", spec.work.display()))?;
+        let upper = Upper::open(
+            &spec.work,
+            spec.format,
+            spec.userxattr,
+            spec.durable,
+            &stack.layers[1..],
+        )
+        .map_err(|e| Error::io(e, "open work dir", spec.work.display()))?;
         stack.upper = Some(upper);
         Ok(stack)
     }
@@ -224,7 +230,7 @@ impl LayerStack {
 
     pub fn layer(&self, idx: LayerIdx) -> &Layer {
         match (&self.upper, idx) {
-            (Some(upper), INDEX_LAYER) => upper.index(),
+            (Some(upper), INDEX_LAYER) => upper.index().layer(),
             _ => &self.layers[idx as usize],
         }
     }
@@ -384,7 +390,7 @@ impl LayerStack {
         };
         // Another name of a hard-linked lower file was copied up: this
         // name shows that copy too.
-        if let Some((key, st)) = self.indexed(child.layer, kind, &stat) {
+        if let Some((key, st)) = self.indexed(child.layer, &path, kind, &stat) {
             return Ok(Resolved {
                 ino: child.ino,
                 kind,
@@ -425,14 +431,18 @@ impl LayerStack {
     }
 
     /// The index entry of a hard-linked lower object, if it was copied up.
-    pub fn indexed(&self, layer: LayerIdx, kind: FileKind, st: &Stat) -> Option<(RelPath, Stat)> {
+    pub fn indexed(
+        &self,
+        layer: LayerIdx,
+        path: &RelPath,
+        kind: FileKind,
+        st: &Stat,
+    ) -> Option<(RelPath, Stat)> {
         let upper = self.upper.as_ref()?;
         if layer == 0 || layer == INDEX_LAYER || kind == FileKind::Dir || st.nlink < 2 {
             return None;
         }
-        let key = Upper::index_key(st);
-        let entry = upper.index().stat(&key).ok()?;
-        Some((key, entry))
+        upper.index().find(self.layer(layer), path, st)
     }
 
     /// The link count the union shows for an object with real stat `st`.
