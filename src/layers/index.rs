@@ -51,7 +51,26 @@ pub struct Index {
     keys: Mutex<HashMap<(u64, u64), RelPath>>,
     /// Set once a lower filesystem refused file handles (logged once).
     no_handles: AtomicBool,
+    /// Upper inode number of each copied-up object (index entries
+    /// included) → the lower (dev, ino) it copies, so it keeps the lower's
+    /// inode number whenever its directory is read, also after a remount.
+    origins: Mutex<HashMap<u64, (u64, u64)>>,
+    /// Where copy-ups record their origin ([`ORIGIN_LOG`]). Opened for
+    /// each record, never held open: a file open for writing would keep
+    /// the upper's filesystem from being remounted read-only, which the
+    /// kernel's overlayfs allows.
+    origin_log: Mutex<PathBuf>,
 }
+
+/// The log of copy-up origins, in [`LEGACY_DIR`] (its name is no index
+/// key): records of three little-endian u64, upper inode, lower dev, lower
+/// inode; a later record for an inode wins, a torn last record is ignored.
+/// An inode the upper filesystem reuses for a new object keeps a stale
+/// origin: that object shows the number of a lower object the copy-up
+/// hid, which nothing else shows. (The kernel reads `overlay.origin`
+/// instead, which copy-ups record too.)
+const ORIGIN_LOG: &str = "origins.log";
+const ORIGIN_RECORD: usize = 24;
 
 impl Index {
     /// Open the index of `work_dir`, making its two dirs when `create`;
@@ -79,7 +98,95 @@ impl Index {
             uuids: Mutex::default(),
             keys: Mutex::default(),
             no_handles: AtomicBool::new(false),
+            origins: Mutex::default(),
+            origin_log: Mutex::new(Index::legacy_path(work_dir).join(ORIGIN_LOG)),
         }))
+    }
+
+    /// Open the index of the work dir of a writable mount over `lowers`:
+    /// made if missing, older entries moved to their kernel names, and
+    /// the origins of earlier copy-ups read. `xattr_prefix`: where the
+    /// upper keeps overlay xattrs (`trusted.overlay.`).
+    pub fn open_writable(
+        work_dir: &Path,
+        lowers: &[Layer],
+        xattr_prefix: &str,
+    ) -> io::Result<Index> {
+        let index = Index::open(work_dir, true)?
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        let origin_key = xattr_name(xattr_prefix, "origin");
+        let moved = index.migrate(lowers, |work, rel, fb| {
+            let (parent, name) = rel.split();
+            let pfd = work.open_dir(&parent)?;
+            let mut p = format!("/proc/self/fd/{}/", pfd.as_raw_fd()).into_bytes();
+            p.extend_from_slice(name.as_bytes());
+            let p = CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            sys::set_xattr(sys::XattrTarget::Path(&p), &origin_key, fb)
+        })?;
+        if moved > 0 {
+            tracing::info!(moved, work = %work_dir.display(), "moved hard-link index entries to the kernel's names");
+        }
+        let mut origins: HashMap<u64, (u64, u64)> =
+            index.entry_origins(lowers).into_iter().collect();
+        let log_path = index
+            .origin_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match std::fs::read(&log_path) {
+            Ok(bytes) => {
+                for rec in bytes.chunks_exact(ORIGIN_RECORD) {
+                    let word = |i: usize| {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&rec[i * 8..i * 8 + 8]);
+                        u64::from_le_bytes(b)
+                    };
+                    origins.insert(word(0), (word(1), word(2)));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        *index
+            .origins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = origins;
+        Ok(index)
+    }
+
+    /// The lower (dev, ino) an upper inode is a copy of.
+    pub fn origin_of(&self, upper_ino: u64) -> Option<(u64, u64)> {
+        let map = self
+            .origins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(&upper_ino).copied()
+    }
+
+    /// Record that the upper inode `upper_ino` is a copy of `lower`.
+    pub fn note_origin(&self, upper_ino: u64, lower: &Stat) {
+        let mut rec = Vec::with_capacity(ORIGIN_RECORD);
+        for w in [upper_ino, lower.dev, lower.ino] {
+            rec.extend_from_slice(&w.to_le_bytes());
+        }
+        let log = self
+            .origin_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let appended = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&*log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &rec));
+        if let Err(e) = appended {
+            // Only inode numbers after a remount depend on it.
+            tracing::warn!(error = %e, path = %log.display(), "cannot record a copy-up's origin");
+        }
+        drop(log);
+        self.origins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(upper_ino, (lower.dev, lower.ino));
     }
 
     /// Where the origin log and older entries live.
@@ -177,7 +284,7 @@ impl Index {
     /// it copies: older names say it; kernel names are decoded against
     /// the lower layers whose uuid they carry (needs CAP_DAC_READ_SEARCH;
     /// entries that do not decode are left out).
-    pub fn origins(&self, lowers: &[Layer]) -> Vec<(u64, (u64, u64))> {
+    fn entry_origins(&self, lowers: &[Layer]) -> Vec<(u64, (u64, u64))> {
         let mut out = Vec::new();
         for (name, ino) in self.entries(LEGACY_DIR) {
             if let Some(origin) = parse_legacy(&name) {
@@ -236,7 +343,7 @@ impl Index {
     /// the entry first. Entries whose lower file is not found, or whose
     /// filesystem has no file handles, stay where they are (lookups read
     /// both names). Returns how many moved.
-    pub fn migrate(
+    fn migrate(
         &self,
         lowers: &[Layer],
         set_origin: impl Fn(&Layer, &RelPath, &[u8]) -> io::Result<()>,

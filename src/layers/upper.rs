@@ -52,26 +52,9 @@ pub struct Upper {
     no_tmpfile: std::sync::atomic::AtomicBool,
     /// Copies of hard-linked lower files, by lower identity, so every name
     /// of one lower file shares one upper inode (the kernel's index=on).
+    /// ... and where each copy-up's origin is recorded.
     index: Index,
-    /// Upper inode number of each copied-up object (index entries
-    /// included) → the lower (dev, ino) it copies, so it keeps the lower's
-    /// inode number whenever its directory is read, also after a remount.
-    origins: std::sync::Mutex<std::collections::HashMap<u64, (u64, u64)>>,
-    /// Where copy-ups outside the index record their origin
-    /// ([`ORIGIN_LOG`]). Opened for each record, never held open: a file
-    /// open for writing would keep the upper's filesystem from being
-    /// remounted read-only, which the kernel's overlayfs allows.
-    origin_log: std::sync::Mutex<std::path::PathBuf>,
 }
-
-/// The log of copy-up origins, in the index dir (its name is no index
-/// key): records of three little-endian u64, upper inode, lower dev, lower
-/// inode; a later record for an inode wins, a torn last record is ignored.
-/// An inode the upper filesystem reuses for a new object keeps a stale
-/// origin: that object shows the number of a lower object the copy-up
-/// hid, which nothing else shows.
-const ORIGIN_LOG: &str = "origins.log";
-const ORIGIN_RECORD: usize = 24;
 
 /// The longest name a filesystem takes.
 const NAME_MAX: usize = 255;
@@ -122,38 +105,8 @@ impl Upper {
         } else {
             "trusted.overlay."
         };
-        let index = Index::open(work_dir, true)?
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
-        let origin_key = index::xattr_name(xattr_prefix, "origin");
-        let moved = index.migrate(lowers, |work, rel, fb| {
-            let (parent, name) = rel.split();
-            let pfd = work.open_dir(&parent)?;
-            set_xattr_at(pfd.as_fd(), &cstr(name)?, &origin_key, fb)
-        })?;
-        if moved > 0 {
-            tracing::info!(moved, work = %work_dir.display(), "moved hard-link index entries to the kernel's names");
-        }
-        let mut origins: std::collections::HashMap<u64, (u64, u64)> =
-            index.origins(lowers).into_iter().collect();
-        let index_path = Index::legacy_path(work_dir);
-        let log_path = index_path.join(ORIGIN_LOG);
-        match std::fs::read(&log_path) {
-            Ok(bytes) => {
-                for rec in bytes.chunks_exact(ORIGIN_RECORD) {
-                    let word = |i: usize| {
-                        let mut b = [0u8; 8];
-                        b.copy_from_slice(&rec[i * 8..i * 8 + 8]);
-                        u64::from_le_bytes(b)
-                    };
-                    origins.insert(word(0), (word(1), word(2)));
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        let index = Index::open_writable(work_dir, lowers, xattr_prefix)?;
         Ok(Upper {
-            origins: std::sync::Mutex::new(origins),
-            origin_log: std::sync::Mutex::new(log_path),
             index,
             work,
             format,
@@ -173,66 +126,37 @@ impl Upper {
         &self.index
     }
 
-    /// The lower (dev, ino) an upper inode is the indexed copy of.
+    /// The lower (dev, ino) an upper inode is a copy of.
     pub fn origin_of(&self, upper_ino: u64) -> Option<(u64, u64)> {
-        let map = self
-            .origins
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(&upper_ino).copied()
-    }
-
-    /// Record that the upper inode `upper_ino` is a copy of `lower`.
-    fn note_copy_origin(&self, upper_ino: u64, lower: &Stat) {
-        let mut rec = Vec::with_capacity(ORIGIN_RECORD);
-        for w in [upper_ino, lower.dev, lower.ino] {
-            rec.extend_from_slice(&w.to_le_bytes());
-        }
-        let log = self
-            .origin_log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let appended = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&*log)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, &rec));
-        if let Err(e) = appended {
-            // Only inode numbers after a remount depend on it.
-            tracing::warn!(error = %e, path = %log.display(), "cannot record a copy-up's origin");
-        }
-        drop(log);
-        self.origins
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(upper_ino, (lower.dev, lower.ino));
+        self.index.origin_of(upper_ino)
     }
 
     fn note_origin(&self, key: &RelPath, st: &Stat) {
         if let Ok(entry) = self.index.layer().stat(key) {
-            self.note_copy_origin(entry.ino, st);
+            self.index.note_origin(entry.ino, st);
         }
     }
 
     /// Record the kernel's origin of `src` (a lower object) on the new
-    /// copy `work/tmp`, so the kernel's overlayfs sees it as a copy-up;
-    /// nothing where the lower has no file handles. Returns it.
-    fn set_origin(
-        &self,
-        src_layer: &Layer,
-        src: &RelPath,
-        key: Option<&RelPath>,
-        tmp: &CStr,
-    ) -> io::Result<Option<Vec<u8>>> {
+    /// copy `work/tmp` (the index entry `key`, if any), so the kernel's
+    /// overlayfs sees it as a copy-up. Only for the kernel: nothing in an
+    /// OCI upper or where the lower has no file handles, and a refusal
+    /// (user xattrs on a symlink, no trusted xattrs for a rootless daemon)
+    /// costs nothing layerfs reads.
+    fn set_origin(&self, src_layer: &Layer, src: &RelPath, key: Option<&RelPath>, tmp: &CStr) {
+        if self.format != WhiteoutFormat::Overlay {
+            return;
+        }
         let fb = match key.and_then(index::key_origin) {
             Some(fb) => fb,
             None => match self.index.encode(src_layer, src) {
                 Ok(fb) => fb,
-                Err(_) => return Ok(None),
+                Err(_) => return,
             },
         };
-        set_xattr_at(self.work.as_fd(), tmp, &self.xattr_name("origin"), &fb)?;
-        Ok(Some(fb))
+        if let Err(e) = set_xattr_at(self.work.as_fd(), tmp, &self.xattr_name("origin"), &fb) {
+            tracing::debug!(error = %e, path = %src, "cannot record a copy-up's origin xattr");
+        }
     }
 
     /// How many more (or fewer) names the union shows for an indexed
@@ -270,7 +194,7 @@ impl Upper {
         let tmp = self.tmp_name();
         let work = self.work.as_fd();
         let result = self.build_copy(src_layer, src, st, &tmp).and_then(|()| {
-            self.set_origin(src_layer, src, Some(key), &tmp)?;
+            self.set_origin(src_layer, src, Some(key), &tmp);
             // Upper count: the index entry alone.
             self.set_nlink_diff(work, &tmp, i64::try_from(st.nlink).unwrap_or(1) - 1)?;
             // SAFETY: valid fds and C strings.
@@ -456,8 +380,11 @@ impl Upper {
         match with_proc_path(dir, c".", |p| {
             sys::set_xattr(sys::XattrTarget::Path(p), &key, b"y")
         }) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(()),
-            other => other,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot mark an upper directory impure");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
         }
     }
 
@@ -749,7 +676,7 @@ impl Upper {
                 }
                 Some(key) => {
                     self.build_copy(src_layer, src, st, &tmp)?;
-                    self.set_origin(src_layer, src, Some(key), &tmp)?;
+                    self.set_origin(src_layer, src, Some(key), &tmp);
                     let shown = i64::try_from(st.nlink).unwrap_or(1);
                     // Upper count: the index entry and this name.
                     self.set_nlink_diff(work, &tmp, shown - 2)?;
@@ -768,7 +695,8 @@ impl Upper {
                 }
                 None => {
                     self.build_copy(src_layer, src, st, &tmp)?;
-                    self.set_origin(src_layer, src, None, &tmp).map(drop)
+                    self.set_origin(src_layer, src, None, &tmp);
+                    Ok(())
                 }
             }
         };
@@ -778,7 +706,7 @@ impl Upper {
             .and_then(|()| set_fd_times(dir, parent.atime, parent.mtime));
         let copied = self.finish(&tmp, result, dir, name)?;
         if index_key.is_none() {
-            self.note_copy_origin(copied.ino, st);
+            self.index.note_origin(copied.ino, st);
         }
         Ok(copied)
     }
