@@ -273,3 +273,112 @@ fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
         )))
     }
 }
+
+/// A ramfs mounted for one test: a filesystem without file handles.
+struct Ramfs(PathBuf);
+
+impl Drop for Ramfs {
+    fn drop(&mut self) {
+        if nix::mount::umount2(&self.0, nix::mount::MntFlags::empty()).is_err() {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// A lower on a filesystem without file handles (ramfs): the index entry
+/// keeps layerfs's own name (`WORK/layerfs-index/DEV-INO`), the daemon
+/// says so once, and the names still share the copy, also after a
+/// remount.
+#[test]
+fn without_file_handles_the_index_keeps_layerfs_names() {
+    common::require_root();
+    let dir = common::tempdir("kix-ramfs-");
+    let root = step("canonical temp dir", dir.path().canonicalize());
+    let lower = root.join("lower");
+    step("mkdir lower", fs::create_dir(&lower));
+    step(
+        "mount ramfs",
+        nix::mount::mount(
+            Some("ramfs"),
+            &lower,
+            Some("ramfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(std::io::Error::from),
+    );
+    let _ramfs = Ramfs(lower.clone());
+    let (upper, work) = (root.join("upper"), root.join("work"));
+    for d in [&upper, &work] {
+        step(&format!("mkdir {}", d.display()), fs::create_dir(d));
+    }
+    step("write lower/a", fs::write(lower.join("a"), b"lower\n"));
+    for n in ["b", "c"] {
+        step(
+            &format!("link {n}"),
+            fs::hard_link(lower.join("a"), lower.join(n)),
+        );
+    }
+    step(
+        "chmod lower/a",
+        fs::set_permissions(lower.join("a"), fs::Permissions::from_mode(0o644)),
+    );
+    let lower_md = step("lstat lower/a", fs::symlink_metadata(lower.join("a")));
+    let opts = common::stack::uw(&upper, &work);
+    let layers = [lower.clone()];
+
+    let check = |what: &str, mnt: &Path| {
+        let mds: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|n| {
+                step(
+                    &format!("{what}: lstat {n}"),
+                    fs::symlink_metadata(mnt.join(n)),
+                )
+            })
+            .collect();
+        for (n, md) in ["a", "b", "c"].iter().zip(&mds) {
+            assert_eq!(md.mode() & 0o7777, 0o711, "{what}: mode of {n}");
+            assert_eq!(md.ino(), mds[0].ino(), "{what}: inode number of {n}");
+            assert_eq!(md.nlink(), 3, "{what}: link count of {n}");
+        }
+        let data = step("read c", fs::read(mnt.join("c")));
+        assert_eq!(data, b"lower\nmore\n", "{what}: data of c");
+    };
+    let m = LayerfsMount::mount(&layers, &opts);
+    step(
+        "chmod 0711 a",
+        fs::set_permissions(m.path().join("a"), fs::Permissions::from_mode(0o711)),
+    );
+    step(
+        "append to b",
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.path().join("b"))
+            .and_then(|mut f| f.write_all(b"more\n")),
+    );
+    check("layerfs", m.path());
+    let exit = m.unmount();
+    assert!(
+        exit.status.is_some_and(|s| s.success()),
+        "layerfs daemon ended with {:?}; its output:\n{}",
+        exit.status,
+        exit.log
+    );
+    assert_eq!(
+        exit.log.matches("no file handles").count(),
+        1,
+        "the daemon should say once that the lower has no file handles:\n{}",
+        exit.log
+    );
+    assert_eq!(index_names(&work, "index"), Vec::<String>::new());
+    let old_name = format!("{:x}-{:x}", lower_md.dev(), lower_md.ino());
+    assert!(
+        index_names(&work, "layerfs-index").contains(&old_name),
+        "no {old_name} in layerfs-index: {:?}",
+        index_names(&work, "layerfs-index")
+    );
+    let m = LayerfsMount::mount(&layers, &opts);
+    check("layerfs after a remount", m.path());
+    unmount_layerfs(m);
+}
