@@ -83,6 +83,27 @@ fn same_tree(what: &str, expected: &Tree, actual: &Tree) {
     assert!(problems.is_empty(), "{what}:\n  {}", problems.join("\n  "));
 }
 
+/// Every path (the root aside: FUSE numbers it 1) shows the same inode
+/// number in both trees of one upper: copied-up objects keep their
+/// lower's number (one filesystem, so no xino bits) in both.
+fn same_inos(what: &str, expected: &Tree, actual: &Tree) {
+    let problems: Vec<String> = expected
+        .entries
+        .iter()
+        .filter(|(rel, _)| !rel.is_empty())
+        .filter_map(|(rel, e)| {
+            let got = actual.entries.get(rel).map(|a| a.ino);
+            (got != Some(e.ino))
+                .then(|| format!("{}: {} vs {got:?}", common::tree::show(rel), e.ino))
+        })
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "{what}: inode numbers differ:\n  {}",
+        problems.join("\n  ")
+    );
+}
+
 /// The names of the base layer's hard-linked file share one inode and
 /// show the changes, and that inode is the lower file's (same filesystem,
 /// so the kernel shows the lower's number), with the lower's link count
@@ -141,6 +162,7 @@ fn layerfs_writes_the_kernel_reads() {
     let m = LayerfsMount::mount(&s.layers, &s.uw());
     change_hard_links(m.path());
     check_group("layerfs", m.path(), &lower);
+    let ours = snapshot(m.path());
     unmount_layerfs(m);
     // Two hard-link groups copied up: two kernel index entries.
     let entries = index_names(&s.work, "index");
@@ -158,6 +180,7 @@ fn layerfs_writes_the_kernel_reads() {
         &expected,
         &theirs,
     );
+    same_inos("layerfs (left) vs the kernel (right)", &ours, &theirs);
 }
 
 #[test]
@@ -167,11 +190,13 @@ fn the_kernel_writes_layerfs_reads() {
     let lower = lower_of(&s, "hl/orig").1;
     let k = kernel(&s);
     change_hard_links(k.path());
+    let theirs = snapshot(k.path());
     drop(k);
     let m = LayerfsMount::mount(&s.layers, &s.uw());
     check_group("layerfs over the kernel's upper", m.path(), &lower);
     let ours = snapshot(m.path());
     unmount_layerfs(m);
+    same_inos("the kernel (left) vs layerfs (right)", &theirs, &ours);
     same_tree(
         "kernel-only run (left) vs layerfs reading the kernel's upper (right)",
         &expected,

@@ -60,6 +60,8 @@ pub struct Index {
     /// the upper's filesystem from being remounted read-only, which the
     /// kernel's overlayfs allows.
     origin_log: Mutex<PathBuf>,
+    /// Upper inodes found without a kernel origin this mount.
+    no_origin: Mutex<HashSet<u64>>,
 }
 
 /// The log of copy-up origins, in [`LEGACY_DIR`] (its name is no index
@@ -99,6 +101,7 @@ impl Index {
             keys: Mutex::default(),
             no_handles: AtomicBool::new(false),
             origins: Mutex::default(),
+            no_origin: Mutex::default(),
             origin_log: Mutex::new(Index::legacy_path(work_dir).join(ORIGIN_LOG)),
         }))
     }
@@ -163,6 +166,42 @@ impl Index {
         map.get(&upper_ino).copied()
     }
 
+    /// Whether `upper_ino` was found to have no origin this mount.
+    pub fn known_without_origin(&self, upper_ino: u64) -> bool {
+        self.no_origin
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&upper_ino)
+    }
+
+    /// Remember the origin (kernel `fb` bytes, decoded against `lowers`)
+    /// of the upper inode `upper_ino`, or that it has none, for the life
+    /// of the mount; return it as (dev, ino).
+    pub fn remember_origin(
+        &self,
+        upper_ino: u64,
+        fb: Option<&[u8]>,
+        lowers: &[Layer],
+    ) -> Option<(u64, u64)> {
+        match fb.and_then(|fb| self.decode(fb, lowers)) {
+            Some(st) => {
+                let origin = (st.dev, st.ino);
+                self.origins
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(upper_ino, origin);
+                Some(origin)
+            }
+            None => {
+                self.no_origin
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(upper_ino);
+                None
+            }
+        }
+    }
+
     /// Record that the upper inode `upper_ino` is a copy of `lower`.
     pub fn note_origin(&self, upper_ino: u64, lower: &Stat) {
         let mut rec = Vec::with_capacity(ORIGIN_RECORD);
@@ -187,6 +226,15 @@ impl Index {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(upper_ino, (lower.dev, lower.ino));
+    }
+
+    /// Whether no entry is indexed (in either place).
+    pub fn is_empty(&self) -> bool {
+        self.entries(KERNEL_DIR).is_empty()
+            && !self
+                .entries(LEGACY_DIR)
+                .iter()
+                .any(|(name, _)| parse_legacy(name).is_some())
     }
 
     /// Where the origin log and older entries live.

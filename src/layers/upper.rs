@@ -131,6 +131,41 @@ impl Upper {
         self.index.origin_of(upper_ino)
     }
 
+    /// Whether the upper directory `dir` is marked impure (holds copied-up
+    /// objects: the kernel's `overlay.impure`).
+    pub fn dir_is_impure(&self, upper: &Layer, dir: &RelPath) -> bool {
+        upper.open_dir(dir).is_ok_and(|fd| {
+            sys::fget_xattr_opt(fd.as_fd(), &self.xattr_name("impure")).is_ok_and(|v| v.is_some())
+        })
+    }
+
+    /// The lower (dev, ino) the upper object `dir/name` (inode
+    /// `upper_ino`) is a copy of by its `overlay.origin` xattr (a copy-up
+    /// the kernel made), decoded against `lowers`; remembered for the
+    /// mount, a miss too.
+    pub fn kernel_origin(
+        &self,
+        upper: &Layer,
+        dir: &RelPath,
+        name: &OsStr,
+        upper_ino: u64,
+        lowers: &[Layer],
+    ) -> Option<(u64, u64)> {
+        if self.index.known_without_origin(upper_ino) {
+            return None;
+        }
+        let fb = upper
+            .open_beneath(dir, libc::O_PATH | libc::O_DIRECTORY)
+            .ok()
+            .and_then(|pfd| {
+                with_proc_path(pfd.as_fd(), &cstr(name).ok()?, |p| {
+                    sys::get_xattr(sys::XattrTarget::Path(p), &self.xattr_name("origin"))
+                })
+                .ok()
+            });
+        self.index.remember_origin(upper_ino, fb.as_deref(), lowers)
+    }
+
     fn note_origin(&self, key: &RelPath, st: &Stat) {
         if let Ok(entry) = self.index.layer().stat(key) {
             self.index.note_origin(entry.ino, st);

@@ -294,6 +294,12 @@ impl LayerStack {
             let raw = layer
                 .read_dir(at)
                 .map_err(|e| Error::io(e, "readdir", layer_display(layer, at)))?;
+            // Copy-ups the kernel made carry only its origin xattr, in a
+            // directory it marked impure.
+            let impure = match &self.upper {
+                Some(upper) if layer_idx == 0 => upper.dir_is_impure(layer, at),
+                _ => false,
+            };
             // Objects first: a whiteout hides names in lower layers only,
             // never an object of its own layer (OCI allows both in one).
             for entry in raw.entries.iter() {
@@ -319,7 +325,13 @@ impl LayerStack {
                         name: entry.name.clone(),
                         kind,
                         layer: layer_idx,
-                        ino: self.child_ino(layer_idx, entry.ino),
+                        ino: match &self.upper {
+                            Some(upper) if impure && upper.origin_of(entry.ino).is_none() => upper
+                                .kernel_origin(layer, at, &entry.name, entry.ino, &self.layers[1..])
+                                .and_then(|(dev, ino)| self.inos.map_dev(dev, ino))
+                                .unwrap_or_else(|| self.inos.map(0, entry.ino)),
+                            _ => self.child_ino(layer_idx, entry.ino),
+                        },
                         lower: below_upper,
                     });
                 }

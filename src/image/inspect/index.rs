@@ -27,7 +27,9 @@ impl HardLinkIndex {
         };
         let index =
             Index::open(work, false).map_err(|e| Error::io(e, "open index", work.display()))?;
-        Ok(index.map(|index| HardLinkIndex { index }))
+        Ok(index
+            .filter(|i| !i.is_empty())
+            .map(|index| HardLinkIndex { index }))
     }
 
     /// Where index keys are paths.
