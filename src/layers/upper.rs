@@ -406,12 +406,19 @@ impl Upper {
 
     /// Mark an upper directory as holding copied-up objects (the kernel's
     /// `overlay.impure`), so the kernel's readdir shows their origins'
-    /// inode numbers. Only where the upper keeps overlay xattrs.
+    /// inode numbers. Only where the upper keeps overlay xattrs, and only
+    /// once (setting it again would touch the directory's ctime).
     fn mark_impure(&self, dir: BorrowedFd<'_>) -> io::Result<()> {
         if self.format != WhiteoutFormat::Overlay {
             return Ok(());
         }
         let key = self.xattr_name("impure");
+        let marked = with_proc_path(dir, c".", |p| {
+            sys::get_xattr(sys::XattrTarget::Path(p), &key)
+        });
+        if marked.is_ok() {
+            return Ok(());
+        }
         match with_proc_path(dir, c".", |p| {
             sys::set_xattr(sys::XattrTarget::Path(p), &key, b"y")
         }) {
