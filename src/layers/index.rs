@@ -407,7 +407,11 @@ impl Index {
         }
         let mut moved = 0;
         for layer in lowers {
-            if !wanted.keys().any(|(dev, _)| *dev == layer.dev()) {
+            // Nothing to move where the filesystem has no file handles:
+            // its entries keep the older name, and need no walk.
+            if !wanted.keys().any(|(dev, _)| *dev == layer.dev())
+                || self.encode(layer, &RelPath::root()).is_err()
+            {
                 continue;
             }
             let mut found = Vec::new();
