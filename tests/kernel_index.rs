@@ -407,3 +407,51 @@ fn without_file_handles_the_index_keeps_layerfs_names() {
     check("layerfs after a remount", m.path());
     unmount_layerfs(m);
 }
+
+/// `commit`'s layer tar reads the kernel's index: a hard-linked lower
+/// file the kernel copied up through one name goes into the tar under
+/// every name, as one hard-link group (as for layerfs's own upper:
+/// tests/inspect.rs).
+#[test]
+fn the_layer_tar_reads_the_kernels_index() {
+    common::require_root();
+    let dir = common::tempdir("kix-tar-");
+    let root = step("canonical temp dir", dir.path().canonicalize());
+    let (low, upper, work) = (root.join("low"), root.join("upper"), root.join("work"));
+    for d in [&low, &upper, &work, &low.join("sub/deeper")] {
+        step(&format!("mkdir {}", d.display()), fs::create_dir_all(d));
+    }
+    step("write h1", fs::write(low.join("h1"), b"old\n"));
+    step(
+        "link h2",
+        fs::hard_link(low.join("h1"), low.join("sub/deeper/h2")),
+    );
+    let layers = [low.clone()];
+    let k = KernelOverlay::mount(
+        &layers,
+        &format!("{},{KERNEL_OPTS}", common::stack::uw(&upper, &work)),
+    );
+    step("write h1", fs::write(k.path().join("h1"), b"new\n"));
+    drop(k);
+    assert_eq!(index_names(&work, "index").len(), 1, "the kernel's index");
+    let tar_path = root.join("layer.tar");
+    let out = step("create layer.tar", fs::File::create(&tar_path));
+    let summary = layerfs::image::inspect::write_container_layer_tar(
+        &upper,
+        Some(&work),
+        std::slice::from_ref(&low),
+        out,
+    )
+    .unwrap_or_else(|e| panic!("write_container_layer_tar: {e}"));
+    assert_eq!((summary.files, summary.hardlinks), (1, 1), "{summary:?}");
+    let listed = step(
+        "tar -tf",
+        std::process::Command::new("tar")
+            .arg("-tf")
+            .arg(&tar_path)
+            .output(),
+    );
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let names: Vec<&str> = listed.lines().collect();
+    assert_eq!(names, ["h1", "sub", "sub/deeper", "sub/deeper/h2"]);
+}
