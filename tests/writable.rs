@@ -13,9 +13,9 @@
 //!   `.wh.` files and can itself serve as a lower layer.
 //! * `bad_writable_*`: mount refusals that `tests/bad_input.rs` does not
 //!   already cover.
-//! * `lower_hard_links_interop`, `lower_hard_links_survive_a_remount`
-//!   (ignored: they fail today): a lower file with several names, changed
-//!   through one, read back by the other implementation or after a remount.
+//! * `lower_hard_links_interop`, `lower_hard_links_survive_a_remount`:
+//!   a lower file with several names, changed through one, read back by
+//!   the other implementation or after a remount.
 //!
 //! About mtimes in the tree comparisons: they are compared exactly. Both
 //! sides read the same directories on disk, and neither implementation
@@ -1047,9 +1047,6 @@ fn change_lower_hard_links(root: &Path) {
 /// kernel with index=on keeps the names together, so that is the kernel
 /// side here.
 #[test]
-#[ignore = "layerfs gap (architecture.md, Not done yet): its hard-link index \
-            (W/layerfs-index) is not the kernel's W/index, in either direction, so the \
-            names of a copied-up lower hard link that were not used show stale lower data"]
 fn lower_hard_links_interop() {
     let kernel_opts = format!("{KERNEL_RW},index=on");
     let mut problems = Vec::new();

@@ -16,7 +16,10 @@ impl LayerFs {
         let mut obj = node.obj();
         // A lower name of a hard-linked file whose index copy was made
         // since (through another name): it shows that copy from now on.
-        if let Some((key, st)) = self.stack.indexed(obj.layer, obj.kind, &obj.stat) {
+        if let Some((key, st)) = self
+            .stack
+            .indexed(obj.layer, &obj.path, obj.kind, &obj.stat)
+        {
             node.update(|s| {
                 s.obj.layer = INDEX_LAYER;
                 s.obj.path = key.clone();

@@ -382,3 +382,98 @@ pub fn take_inherited_fd(fd: std::os::fd::RawFd) -> io::Result<OwnedFd> {
     // it: it was inherited across exec for this one use.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// The longest file handle the kernel hands out (MAX_HANDLE_SZ).
+const MAX_HANDLE_SZ: usize = 128;
+
+/// `struct file_handle` with room for the longest handle, u32-aligned.
+#[repr(C)]
+struct FileHandleBuf {
+    handle_bytes: libc::c_uint,
+    handle_type: libc::c_int,
+    f_handle: [u8; MAX_HANDLE_SZ],
+}
+
+/// The file handle of the object open at `fd` (any fd, O_PATH too), as
+/// name_to_handle_at encodes it without its parent: (type, bytes).
+/// EOPNOTSUPP where the filesystem cannot encode handles.
+pub fn file_handle(fd: BorrowedFd<'_>) -> io::Result<(i32, Vec<u8>)> {
+    let mut fh = FileHandleBuf {
+        handle_bytes: MAX_HANDLE_SZ as libc::c_uint,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: valid fd, C string, and a file_handle with handle_bytes of
+    // room after its header; mount_id is ours.
+    cvt(unsafe {
+        libc::name_to_handle_at(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (&mut fh as *mut FileHandleBuf).cast(),
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    })?;
+    let len = (fh.handle_bytes as usize).min(MAX_HANDLE_SZ);
+    Ok((fh.handle_type, fh.f_handle[..len].to_vec()))
+}
+
+/// Open the object a file handle of [`file_handle`] names, on the
+/// filesystem `mount_fd` lives on (needs CAP_DAC_READ_SEARCH).
+pub fn open_by_file_handle(
+    mount_fd: BorrowedFd<'_>,
+    handle_type: i32,
+    bytes: &[u8],
+) -> io::Result<OwnedFd> {
+    if bytes.len() > MAX_HANDLE_SZ {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut fh = FileHandleBuf {
+        handle_bytes: bytes.len() as libc::c_uint,
+        handle_type,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    fh.f_handle[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: valid fd and a file_handle holding handle_bytes bytes; the
+    // returned fd is owned below.
+    let fd = cvt(unsafe {
+        libc::open_by_handle_at(
+            mount_fd.as_raw_fd(),
+            (&mut fh as *mut FileHandleBuf).cast(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: the kernel just returned this fd; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `struct fsuuid2` of FS_IOC_GETFSUUID.
+#[repr(C)]
+pub struct FsUuid2 {
+    len: u8,
+    uuid: [u8; 16],
+}
+
+nix::ioctl_read!(fs_ioc_getfsuuid, 0x15, 0, FsUuid2);
+
+/// The uuid of the filesystem `fd` lives on (the superblock's s_uuid,
+/// zero-padded to 16 bytes); all zero where it has none (ENOTTY), as
+/// the kernel's overlayfs then records it.
+pub fn fs_uuid(fd: BorrowedFd<'_>) -> io::Result<[u8; 16]> {
+    let mut out = FsUuid2 {
+        len: 16,
+        uuid: [0; 16],
+    };
+    // SAFETY: a valid fd and a pointer to an fsuuid2 we own.
+    match unsafe { fs_ioc_getfsuuid(fd.as_raw_fd(), &mut out) } {
+        Ok(_) => {
+            let len = usize::from(out.len).min(16);
+            let mut uuid = [0u8; 16];
+            uuid[..len].copy_from_slice(&out.uuid[..len]);
+            Ok(uuid)
+        }
+        Err(nix::errno::Errno::ENOTTY) => Ok([0; 16]),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -10,6 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::index::{self, Index};
 use super::{FileKind, Layer, RelPath, Stat, sys, whiteout};
 
 /// How whiteouts and opaque directories are written into the upper layer.
@@ -51,30 +52,9 @@ pub struct Upper {
     no_tmpfile: std::sync::atomic::AtomicBool,
     /// Copies of hard-linked lower files, by lower identity, so every name
     /// of one lower file shares one upper inode (the kernel's index=on).
-    index: Layer,
-    /// Upper inode number of each copied-up object (index entries
-    /// included) → the lower (dev, ino) it copies, so it keeps the lower's
-    /// inode number whenever its directory is read, also after a remount.
-    origins: std::sync::Mutex<std::collections::HashMap<u64, (u64, u64)>>,
-    /// Where copy-ups outside the index record their origin
-    /// ([`ORIGIN_LOG`]). Opened for each record, never held open: a file
-    /// open for writing would keep the upper's filesystem from being
-    /// remounted read-only, which the kernel's overlayfs allows.
-    origin_log: std::sync::Mutex<std::path::PathBuf>,
+    /// ... and where each copy-up's origin is recorded.
+    index: Index,
 }
-
-/// The log of copy-up origins, in the index dir (its name is no index
-/// key): records of three little-endian u64, upper inode, lower dev, lower
-/// inode; a later record for an inode wins, a torn last record is ignored.
-/// An inode the upper filesystem reuses for a new object keeps a stale
-/// origin: that object shows the number of a lower object the copy-up
-/// hid, which nothing else shows.
-const ORIGIN_LOG: &str = "origins.log";
-const ORIGIN_RECORD: usize = 24;
-
-/// Where the hard-link index lives inside the work dir. Not the kernel's
-/// `index/`, whose entry names are file handles it verifies at mount.
-const INDEX_SUBDIR: &CStr = c"layerfs-index";
 
 /// The longest name a filesystem takes.
 const NAME_MAX: usize = 255;
@@ -103,6 +83,7 @@ impl Upper {
         format: WhiteoutFormat,
         userxattr: bool,
         durable: bool,
+        lowers: &[Layer],
     ) -> io::Result<Upper> {
         let root = sys::open_dir_path(work_dir)?;
         // SAFETY: valid fd and C string.
@@ -119,131 +100,98 @@ impl Upper {
             libc::O_RDONLY | libc::O_DIRECTORY,
         )?;
         remove_contents(work.as_fd())?;
-        // SAFETY: valid fd and C string.
-        let made = unsafe { libc::mkdirat(root.as_raw_fd(), INDEX_SUBDIR.as_ptr(), 0o700) };
-        if made < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EEXIST) {
-                return Err(e);
-            }
-        }
-        let index_path = Upper::index_path(work_dir);
-        let index = Layer::open(&index_path)?;
-        let mut origins = std::collections::HashMap::new();
-        for entry in std::fs::read_dir(&index_path)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let parsed = name
-                .to_str()
-                .and_then(|n| n.split_once('-'))
-                .and_then(|(d, i)| {
-                    Some((
-                        u64::from_str_radix(d, 16).ok()?,
-                        u64::from_str_radix(i, 16).ok()?,
-                    ))
-                });
-            if let Some(origin) = parsed {
-                origins.insert(std::os::unix::fs::DirEntryExt::ino(&entry), origin);
-            }
-        }
-        let log_path = index_path.join(ORIGIN_LOG);
-        match std::fs::read(&log_path) {
-            Ok(bytes) => {
-                for rec in bytes.chunks_exact(ORIGIN_RECORD) {
-                    let word = |i: usize| {
-                        let mut b = [0u8; 8];
-                        b.copy_from_slice(&rec[i * 8..i * 8 + 8]);
-                        u64::from_le_bytes(b)
-                    };
-                    origins.insert(word(0), (word(1), word(2)));
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        let xattr_prefix = if userxattr {
+            "user.overlay."
+        } else {
+            "trusted.overlay."
+        };
+        let index = Index::open_writable(work_dir, lowers, xattr_prefix)?;
         Ok(Upper {
-            origins: std::sync::Mutex::new(origins),
-            origin_log: std::sync::Mutex::new(log_path),
             index,
             work,
             format,
-            xattr_prefix: if userxattr {
-                "user.overlay."
-            } else {
-                "trusted.overlay."
-            },
+            xattr_prefix,
             durable,
             counter: AtomicU64::new(0),
             no_tmpfile: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// Where the hard-link index of the work dir `work_dir` lives: a
-    /// directory of entries named by [`Upper::index_key`], each the shared
-    /// upper copy of one hard-linked lower inode. Readable with
-    /// [`Layer::open`] without opening (and so changing) the work dir.
-    pub fn index_path(work_dir: &Path) -> std::path::PathBuf {
-        work_dir.join(OsStr::from_bytes(INDEX_SUBDIR.to_bytes()))
-    }
-
     pub fn format(&self) -> WhiteoutFormat {
         self.format
     }
 
-    /// The hard-link index, read like a layer (entries at its root).
-    pub fn index(&self) -> &Layer {
+    /// The hard-link index: its keys are paths in [`Index::layer`].
+    pub fn index(&self) -> &Index {
         &self.index
     }
 
-    /// The lower (dev, ino) an upper inode is the indexed copy of.
+    /// The lower (dev, ino) an upper inode is a copy of.
     pub fn origin_of(&self, upper_ino: u64) -> Option<(u64, u64)> {
-        let map = self
-            .origins
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(&upper_ino).copied()
+        self.index.origin_of(upper_ino)
     }
 
-    /// Record that the upper inode `upper_ino` is a copy of `lower`.
-    fn note_copy_origin(&self, upper_ino: u64, lower: &Stat) {
-        let mut rec = Vec::with_capacity(ORIGIN_RECORD);
-        for w in [upper_ino, lower.dev, lower.ino] {
-            rec.extend_from_slice(&w.to_le_bytes());
+    /// Whether the upper directory `dir` is marked impure (holds copied-up
+    /// objects: the kernel's `overlay.impure`).
+    pub fn dir_is_impure(&self, upper: &Layer, dir: &RelPath) -> bool {
+        upper.open_dir(dir).is_ok_and(|fd| {
+            sys::fget_xattr_opt(fd.as_fd(), &self.xattr_name("impure")).is_ok_and(|v| v.is_some())
+        })
+    }
+
+    /// The lower (dev, ino) the upper object `dir/name` (inode
+    /// `upper_ino`) is a copy of by its `overlay.origin` xattr (a copy-up
+    /// the kernel made), decoded against `lowers`; remembered for the
+    /// mount, a miss too.
+    pub fn kernel_origin(
+        &self,
+        upper: &Layer,
+        dir: &RelPath,
+        name: &OsStr,
+        upper_ino: u64,
+        lowers: &[Layer],
+    ) -> Option<(u64, u64)> {
+        if self.index.known_without_origin(upper_ino) {
+            return None;
         }
-        let log = self
-            .origin_log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let appended = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&*log)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, &rec));
-        if let Err(e) = appended {
-            // Only inode numbers after a remount depend on it.
-            tracing::warn!(error = %e, path = %log.display(), "cannot record a copy-up's origin");
-        }
-        drop(log);
-        self.origins
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(upper_ino, (lower.dev, lower.ino));
+        let fb = upper
+            .open_beneath(dir, libc::O_PATH | libc::O_DIRECTORY)
+            .ok()
+            .and_then(|pfd| {
+                with_proc_path(pfd.as_fd(), &cstr(name).ok()?, |p| {
+                    sys::get_xattr(sys::XattrTarget::Path(p), &self.xattr_name("origin"))
+                })
+                .ok()
+            });
+        self.index.remember_origin(upper_ino, fb.as_deref(), lowers)
     }
 
     fn note_origin(&self, key: &RelPath, st: &Stat) {
-        if let Ok(entry) = sys::fstatat_nofollow(self.index.root_fd(), key.as_c_str()) {
-            let mut map = self
-                .origins
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            map.insert(entry.ino, (st.dev, st.ino));
+        if let Ok(entry) = self.index.layer().stat(key) {
+            self.index.note_origin(entry.ino, st);
         }
     }
 
-    /// The index entry name of a lower inode.
-    pub fn index_key(st: &Stat) -> RelPath {
-        RelPath::from_bytes(format!("{:x}-{:x}", st.dev, st.ino).as_bytes())
-            .unwrap_or_else(RelPath::root)
+    /// Record the kernel's origin of `src` (a lower object) on the new
+    /// copy `work/tmp` (the index entry `key`, if any), so the kernel's
+    /// overlayfs sees it as a copy-up. Only for the kernel: nothing in an
+    /// OCI upper or where the lower has no file handles, and a refusal
+    /// (user xattrs on a symlink, no trusted xattrs for a rootless daemon)
+    /// costs nothing layerfs reads.
+    fn set_origin(&self, src_layer: &Layer, src: &RelPath, key: Option<&RelPath>, tmp: &CStr) {
+        if self.format != WhiteoutFormat::Overlay {
+            return;
+        }
+        let fb = match key.and_then(index::key_origin) {
+            Some(fb) => fb,
+            None => match self.index.encode(src_layer, src) {
+                Ok(fb) => fb,
+                Err(_) => return,
+            },
+        };
+        if let Err(e) = set_xattr_at(self.work.as_fd(), tmp, &self.xattr_name("origin"), &fb) {
+            tracing::debug!(error = %e, path = %src, "cannot record a copy-up's origin xattr");
+        }
     }
 
     /// How many more (or fewer) names the union shows for an indexed
@@ -274,13 +222,14 @@ impl Upper {
         st: &Stat,
         key: &RelPath,
     ) -> io::Result<()> {
-        let idx = self.index.root_fd();
+        let idx = self.index.layer().root_fd();
         if sys::fstatat_nofollow(idx, key.as_c_str()).is_ok() {
             return Ok(());
         }
         let tmp = self.tmp_name();
         let work = self.work.as_fd();
         let result = self.build_copy(src_layer, src, st, &tmp).and_then(|()| {
+            self.set_origin(src_layer, src, Some(key), &tmp);
             // Upper count: the index entry alone.
             self.set_nlink_diff(work, &tmp, i64::try_from(st.nlink).unwrap_or(1) - 1)?;
             // SAFETY: valid fds and C strings.
@@ -303,8 +252,10 @@ impl Upper {
 
     /// Change the name count of an indexed inode by `delta`.
     pub fn adjust_nlink(&self, key: &RelPath, delta: i64) -> io::Result<()> {
-        let diff = self.nlink_diff(&self.index, key).unwrap_or(0) + delta;
-        self.set_nlink_diff(self.index.root_fd(), key.as_c_str(), diff)
+        let diff = self.nlink_diff(self.index.layer(), key).unwrap_or(0) + delta;
+        let (dir, name) = key.split();
+        let dir = self.index.layer().open_dir(&dir)?;
+        self.set_nlink_diff(dir.as_fd(), &cstr(name)?, diff)
     }
 
     fn set_nlink_diff(&self, dir: BorrowedFd<'_>, name: &CStr, diff: i64) -> io::Result<()> {
@@ -462,6 +413,32 @@ impl Upper {
         } else {
             rename2(work, tmp, dir, &cname, libc::RENAME_NOREPLACE)?;
             self.remove_whiteout(dir, name)
+        }
+    }
+
+    /// Mark an upper directory as holding copied-up objects (the kernel's
+    /// `overlay.impure`), so the kernel's readdir shows their origins'
+    /// inode numbers. Only where the upper keeps overlay xattrs, and only
+    /// once (setting it again would touch the directory's ctime).
+    fn mark_impure(&self, dir: BorrowedFd<'_>) -> io::Result<()> {
+        if self.format != WhiteoutFormat::Overlay {
+            return Ok(());
+        }
+        let key = self.xattr_name("impure");
+        let marked = with_proc_path(dir, c".", |p| {
+            sys::get_xattr(sys::XattrTarget::Path(p), &key)
+        });
+        if marked.is_ok() {
+            return Ok(());
+        }
+        match with_proc_path(dir, c".", |p| {
+            sys::set_xattr(sys::XattrTarget::Path(p), &key, b"y")
+        }) {
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot mark an upper directory impure");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
         }
     }
 
@@ -733,7 +710,7 @@ impl Upper {
         // A copy-up is not a change the user made: the parent keeps its
         // times, as with the kernel's overlayfs.
         let parent = sys::fstat(dir)?;
-        let idx = self.index.root_fd();
+        let idx = self.index.layer().root_fd();
         let indexed = index_key.is_some_and(|k| sys::fstatat_nofollow(idx, k.as_c_str()).is_ok());
         let build = || -> io::Result<()> {
             match index_key {
@@ -753,6 +730,7 @@ impl Upper {
                 }
                 Some(key) => {
                     self.build_copy(src_layer, src, st, &tmp)?;
+                    self.set_origin(src_layer, src, Some(key), &tmp);
                     let shown = i64::try_from(st.nlink).unwrap_or(1);
                     // Upper count: the index entry and this name.
                     self.set_nlink_diff(work, &tmp, shown - 2)?;
@@ -769,15 +747,20 @@ impl Upper {
                     self.note_origin(key, st);
                     Ok(())
                 }
-                None => self.build_copy(src_layer, src, st, &tmp),
+                None => {
+                    self.build_copy(src_layer, src, st, &tmp)?;
+                    self.set_origin(src_layer, src, None, &tmp);
+                    Ok(())
+                }
             }
         };
         let result = build()
+            .and_then(|()| self.mark_impure(dir))
             .and_then(|()| self.install(&tmp, dir, name, false))
             .and_then(|()| set_fd_times(dir, parent.atime, parent.mtime));
         let copied = self.finish(&tmp, result, dir, name)?;
         if index_key.is_none() {
-            self.note_copy_origin(copied.ino, st);
+            self.index.note_origin(copied.ino, st);
         }
         Ok(copied)
     }

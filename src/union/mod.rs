@@ -229,8 +229,14 @@ impl LayerStack {
             // are files there.
             stack.layers[0].ignore_oci_names();
         }
-        let upper = Upper::open(&spec.work, spec.format, spec.userxattr, spec.durable)
-            .map_err(|e| Error::io(e, "open work dir", spec.work.display()))?;
+        let upper = Upper::open(
+            &spec.work,
+            spec.format,
+            spec.userxattr,
+            spec.durable,
+            &stack.layers[1..],
+        )
+        .map_err(|e| Error::io(e, "open work dir", spec.work.display()))?;
         stack.upper = Some(upper);
         Ok(stack)
     }
@@ -254,7 +260,7 @@ impl LayerStack {
 
     pub fn layer(&self, idx: LayerIdx) -> &Layer {
         match (&self.upper, idx) {
-            (Some(upper), INDEX_LAYER) => upper.index(),
+            (Some(upper), INDEX_LAYER) => upper.index().layer(),
             _ => &self.layers[idx as usize],
         }
     }
@@ -318,6 +324,12 @@ impl LayerStack {
             let raw = layer
                 .read_dir(at)
                 .map_err(|e| Error::io(e, "readdir", layer_display(layer, at)))?;
+            // Copy-ups the kernel made carry only its origin xattr, in a
+            // directory it marked impure.
+            let impure = match &self.upper {
+                Some(upper) if layer_idx == 0 => upper.dir_is_impure(layer, at),
+                _ => false,
+            };
             // Objects first: a whiteout hides names in lower layers only,
             // never an object of its own layer (OCI allows both in one).
             for entry in raw.entries.iter() {
@@ -343,7 +355,13 @@ impl LayerStack {
                         name: entry.name.clone(),
                         kind,
                         layer: layer_idx,
-                        ino: self.child_ino(layer_idx, entry.ino),
+                        ino: match &self.upper {
+                            Some(upper) if impure && upper.origin_of(entry.ino).is_none() => upper
+                                .kernel_origin(layer, at, &entry.name, entry.ino, &self.layers[1..])
+                                .and_then(|(dev, ino)| self.inos.map_dev(dev, ino))
+                                .unwrap_or_else(|| self.inos.map(0, entry.ino)),
+                            _ => self.child_ino(layer_idx, entry.ino),
+                        },
                         lower: below_upper,
                     });
                 }
@@ -414,7 +432,7 @@ impl LayerStack {
         };
         // Another name of a hard-linked lower file was copied up: this
         // name shows that copy too.
-        if let Some((key, st)) = self.indexed(child.layer, kind, &stat) {
+        if let Some((key, st)) = self.indexed(child.layer, &path, kind, &stat) {
             return Ok(Resolved {
                 ino: child.ino,
                 kind,
@@ -455,14 +473,18 @@ impl LayerStack {
     }
 
     /// The index entry of a hard-linked lower object, if it was copied up.
-    pub fn indexed(&self, layer: LayerIdx, kind: FileKind, st: &Stat) -> Option<(RelPath, Stat)> {
+    pub fn indexed(
+        &self,
+        layer: LayerIdx,
+        path: &RelPath,
+        kind: FileKind,
+        st: &Stat,
+    ) -> Option<(RelPath, Stat)> {
         let upper = self.upper.as_ref()?;
         if layer == 0 || layer == INDEX_LAYER || kind == FileKind::Dir || st.nlink < 2 {
             return None;
         }
-        let key = Upper::index_key(st);
-        let entry = upper.index().stat(&key).ok()?;
-        Some((key, entry))
+        upper.index().find(self.layer(layer), path, st)
     }
 
     /// The link count the union shows for an object with real stat `st`.

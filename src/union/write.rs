@@ -79,7 +79,7 @@ impl LayerStack {
         let index_key = if obj.layer == super::INDEX_LAYER {
             Some(obj.path.clone())
         } else if obj.kind != FileKind::Dir && obj.stat.nlink > 1 {
-            Some(Upper::index_key(&obj.stat))
+            Some(upper.index().key(src, &obj.path, &obj.stat))
         } else {
             None
         };
@@ -255,8 +255,8 @@ impl LayerStack {
         if r.stat.nlink < 2 {
             return Ok(None);
         }
-        let key = Upper::index_key(&r.stat);
         let src = self.layer(r.layer);
+        let key = upper.index().key(src, &r.path, &r.stat);
         upper
             .ensure_indexed(src, &r.path, &r.stat, &key)
             .map_err(|e| Error::io(e, op, super::layer_display(src, &r.path)))?;

@@ -205,7 +205,7 @@ impl Differ<'_> {
                     let ro = old.resolve(old_dir, oc)?;
                     let shown = self
                         .index
-                        .and_then(|i| i.copy_of(&rn))
+                        .and_then(|i| i.copy_of(self.new, &rn))
                         .map_or(rn.stat, |(_, st)| st);
                     let differs = stat_differs(&ro.stat, &shown);
                     if differs {

@@ -1,49 +1,48 @@
 //! A container's hard-link index, read-only: the shared upper copy of a
 //! hard-linked lower file changed through one of its names, which the
-//! container shows under every name (`WORK/layerfs-index`, named by
-//! `Upper::index_key`). The union reading the upper with a private work
-//! dir does not see it; `diff` and the layer tar ask here.
+//! container shows under every name (`WORK/index`, in the kernel's
+//! format, or `WORK/layerfs-index`: see `layers::index`). The union
+//! reading the upper with a private work dir does not see it; `diff` and
+//! the layer tar ask here.
 
 use std::collections::HashSet;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::layers::{FileKind, Layer, RelPath, Stat, Upper};
+use crate::layers::index::Index;
+use crate::layers::{FileKind, Layer, RelPath, Stat};
 use crate::union::{LayerStack, MergedDir, Resolved};
 
 pub(super) struct HardLinkIndex {
-    layer: Layer,
+    index: Index,
 }
 
 impl HardLinkIndex {
     /// The index of the work dir `work`; None without a work dir or when
     /// it holds no index (an upper the kernel wrote, or nothing indexed).
     pub fn open(work: Option<&Path>) -> Result<Option<HardLinkIndex>> {
-        let Some(dir) = work.map(Upper::index_path) else {
+        let Some(work) = work else {
             return Ok(None);
         };
-        if !dir.is_dir() {
-            return Ok(None);
-        }
-        let layer = Layer::open(&dir).map_err(|e| Error::io(e, "open index", dir.display()))?;
-        let listed = layer
-            .read_dir(&RelPath::root())
-            .map_err(|e| Error::io(e, "readdir", dir.display()))?;
-        Ok((!listed.entries.is_empty()).then_some(HardLinkIndex { layer }))
+        let index =
+            Index::open(work, false).map_err(|e| Error::io(e, "open index", work.display()))?;
+        Ok(index
+            .filter(|i| !i.is_empty())
+            .map(|index| HardLinkIndex { index }))
     }
 
+    /// Where index keys are paths.
     pub fn layer(&self) -> &Layer {
-        &self.layer
+        self.index.layer()
     }
 
     /// The index entry (its name and stat) a lower non-directory shows.
-    pub fn copy_of(&self, r: &Resolved) -> Option<(RelPath, Stat)> {
+    pub fn copy_of(&self, stack: &LayerStack, r: &Resolved) -> Option<(RelPath, Stat)> {
         if r.layer == 0 || r.kind == FileKind::Dir || r.stat.nlink < 2 {
             return None;
         }
-        let key = Upper::index_key(&r.stat);
-        self.layer.stat(&key).ok().map(|st| (key, st))
+        self.index.find(stack.layer(r.layer), &r.path, &r.stat)
     }
 
     /// Every lower-only name of the merged tree below `dir` that shows an
@@ -65,7 +64,7 @@ impl HardLinkIndex {
             let r = stack.resolve(dir, child)?;
             if let Some(sub) = &r.dir {
                 self.collect(stack, sub, out)?;
-            } else if self.copy_of(&r).is_some() {
+            } else if self.copy_of(stack, &r).is_some() {
                 let mut path = r.upath.clone();
                 while !path.is_root() && out.insert(path.as_os_str().as_bytes().to_vec()) {
                     path = path.split().0;

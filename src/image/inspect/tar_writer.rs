@@ -279,7 +279,9 @@ impl<W: Write> TarWriter<'_, W> {
 
     /// One object, with its metadata, xattrs and data.
     fn entry(&mut self, r: &Resolved) -> Result<()> {
-        let copy = self.index.and_then(|i| Some((i.layer(), i.copy_of(r)?)));
+        let copy = self
+            .index
+            .and_then(|i| Some((i.layer(), i.copy_of(self.stack, r)?)));
         let (layer, src, st) = match copy {
             Some((index, (key, st))) => (index, key, st),
             None => (self.stack.layer(r.layer), r.path.clone(), r.stat),
