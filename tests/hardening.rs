@@ -140,11 +140,19 @@ fn sighup_detaches_a_busy_mount_and_the_daemon_ends_when_it_is_free() {
     );
 }
 
-fn assert_erofs<T: std::fmt::Debug>(what: &str, r: std::io::Result<T>) {
+/// `r` failed with `errno`.
+fn assert_errno<T: std::fmt::Debug>(errno: i32, what: &str, r: std::io::Result<T>) {
     match r {
-        Err(e) if e.raw_os_error() == Some(libc::EROFS) => {}
-        other => panic!("{what} on a read-only upper: {other:?}, expected EROFS"),
+        Err(e) if e.raw_os_error() == Some(errno) => {}
+        other => panic!(
+            "{what}: {other:?}, expected {}",
+            std::io::Error::from_raw_os_error(errno)
+        ),
     }
+}
+
+fn assert_erofs<T: std::fmt::Debug>(what: &str, r: std::io::Result<T>) {
+    assert_errno(libc::EROFS, &format!("{what} on a read-only upper"), r);
 }
 
 #[test]
@@ -273,10 +281,7 @@ impl Drop for Ext4Image {
 }
 
 fn assert_eio<T: std::fmt::Debug>(what: &str, r: std::io::Result<T>) {
-    match r {
-        Err(e) if e.raw_os_error() == Some(libc::EIO) => {}
-        other => panic!("{what} on a failed upper: {other:?}, expected EIO"),
-    }
+    assert_errno(libc::EIO, &format!("{what} on a failed upper"), r);
 }
 
 #[test]

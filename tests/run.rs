@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, symlink};
@@ -94,38 +93,10 @@ fn assert_no_container_mounts(root: &Path) {
     );
 }
 
-/// Path -> (mode, size, mtime, content hash) of every entry, not following
-/// symlinks.
-fn manifest(root: &Path) -> BTreeMap<PathBuf, (u32, u64, i64, Vec<u8>)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(&dir).expect("read_dir") {
-            let p = e.expect("dir entry").path();
-            let m = fs::symlink_metadata(&p).expect("lstat");
-            let content = if m.file_type().is_file() {
-                fs::read(&p).expect("read")
-            } else if m.file_type().is_symlink() {
-                fs::read_link(&p)
-                    .expect("readlink")
-                    .into_os_string()
-                    .into_encoded_bytes()
-            } else {
-                Vec::new()
-            };
-            if m.is_dir() {
-                stack.push(p.clone());
-            }
-            out.insert(p, (m.mode(), m.size(), m.mtime(), content));
-        }
-    }
-    out
-}
-
 #[test]
 fn command_is_pid_one_and_changes_land_in_the_upper() {
     let c = Container::new();
-    let before = manifest(&c.layer);
+    let before = common::manifest::manifest(&c.layer);
     let o = c.run(
         &["--hostname", "box1"],
         &["sh", "-c", "echo hi > /f; rm /bin/true; echo $$; hostname"],
@@ -138,7 +109,11 @@ fn command_is_pid_one_and_changes_land_in_the_upper() {
     );
     let wh = fs::symlink_metadata(c.upper.join("bin/true")).expect("whiteout for bin/true");
     assert_eq!((wh.mode() & libc::S_IFMT, wh.rdev()), (libc::S_IFCHR, 0));
-    assert_eq!(manifest(&c.layer), before, "the image layer changed");
+    assert_eq!(
+        common::manifest::manifest(&c.layer),
+        before,
+        "the image layer changed"
+    );
     // /etc/hostname and /etc/hosts were bound over, never written: the
     // mount points made for them are empty.
     for f in ["etc/hostname", "etc/hosts", "etc/resolv.conf"] {

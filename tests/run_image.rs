@@ -8,8 +8,9 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 
+use common::manifest::manifest;
 use nix::sys::signal::Signal;
-use run_fixture::{Store, assert_refused, explain, manifest, stdout};
+use run_fixture::{Store, assert_refused, explain, stdout};
 
 #[test]
 fn a_container_of_an_image_writes_only_its_own_layer() {

@@ -7,6 +7,7 @@
 pub mod busybox;
 pub mod images;
 pub mod load;
+pub mod manifest;
 pub mod materialize;
 pub mod meta;
 pub mod mounts;
