@@ -348,12 +348,6 @@ impl LayerStack {
         if exchange && target.is_none() {
             return Err(Error::errno(libc::ENOENT, "rename", &to));
         }
-        // A target directory with lower content must look empty through
-        // the mount, and is cleared of its whiteouts. One without is left
-        // to rename(2) to refuse (the kernel too finds out that late, after
-        // it has set the source's redirect, and the upper filesystem may
-        // touch the source's parent on the way). An OCI upper may hold an
-        // opaque marker there: cleared, which refuses real entries.
         if let Some(t) = &target {
             if t.ino == src.ino && !exchange {
                 return Ok(None);
@@ -369,13 +363,11 @@ impl LayerStack {
         // Without redirects a directory with lower content cannot move
         // (the kernel's EXDEV: mv then copies the tree).
         if !self.redirect_dir.creates() {
-            let moves_lower =
-                |p: &Resolved, c: &Child, at: &RelPath| self.dir_shows_lower(p, c, at);
             let target_moves = match (&target, exchange) {
-                (Some(t), true) => moves_lower(dst_parent, t, &to)?,
+                (Some(t), true) => self.dir_shows_lower(dst_parent, t, &to)?,
                 _ => false,
             };
-            if target_moves || moves_lower(src_parent, &src, &from)? {
+            if target_moves || self.dir_shows_lower(src_parent, &src, &from)? {
                 return Err(Error::new(
                     libc::EXDEV,
                     "rename",
@@ -384,6 +376,12 @@ impl LayerStack {
                 ));
             }
         }
+        // A target directory with lower content must look empty through
+        // the mount, and is cleared of its whiteouts. One without is left
+        // to rename(2) to refuse (the kernel too finds out that late, after
+        // it has set the source's redirect, and the upper filesystem may
+        // touch the source's parent on the way). An OCI upper may hold an
+        // opaque marker there: cleared, which refuses real entries.
         let (mut clear_target, mut target_lower) = (false, false);
         if let Some(t) = target.as_ref().filter(|_| !exchange) {
             let t_dir = t.kind == FileKind::Dir;
