@@ -2,6 +2,7 @@
 //! are read — every whiteout dialect and opaque marker lives here and
 //! nowhere else. No FUSE types.
 
+mod at;
 pub mod index;
 pub mod override_stat;
 pub mod probe;
