@@ -238,9 +238,10 @@ fn two_containers_of_one_image_at_once_share_its_layers() {
 fn a_ctrl_c_reaches_the_container_not_its_mount_daemon() {
     let mut s = Store::new();
     let script = "trap 'cat /srv/hello; exit 4' INT; echo ready; while :; do sleep 0.05; done";
-    let (pid, mut out) = s.spawn_ready(&["--rm", "img:1", "sh", "-c", script]);
+    let (pid, mut out, terminal) =
+        s.spawn_ready_on_terminal(&["--rm", "img:1", "sh", "-c", script]);
     // The mount daemon and the --rm watcher are out of run's process group
-    // (a terminal's foreground job), the container in it.
+    // (the terminal's foreground job), the container in it.
     let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .expect("children of layerfs run");
     let mut helpers = 0;
@@ -261,7 +262,9 @@ fn a_ctrl_c_reaches_the_container_not_its_mount_daemon() {
         );
     }
     assert_eq!(helpers, 2);
-    s.signal_group(pid, Signal::SIGINT);
+    // ^C on the terminal: the kernel signals the foreground job, the
+    // container included, once (run does not send it a second one).
+    nix::unistd::write(&terminal, b"\x03").expect("^C to the terminal");
     let status = s.wait(pid);
     let mut rest = String::new();
     out.read_to_string(&mut rest).expect("rest of stdout");

@@ -25,8 +25,9 @@ use std::os::unix::ffi::OsStrExt;
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
+use nix::unistd::{Pid, getpgid};
 
 use crate::layers::spawn_in_namespaces;
 
@@ -128,8 +129,18 @@ pub fn run(spec: &RunSpec) -> io::Result<i32> {
 
 /// Forward signals to `pid` until it ends; its exit status.
 fn monitor(pid: Pid, signals: &SigSet, terminal: Option<&tty::Console>) -> io::Result<i32> {
+    let incoming = SignalFd::new(signals).map_err(io::Error::from)?;
+    // Without -t the container is in our process group, so what a terminal
+    // sends that group (^C, ^\, a hangup) has reached it already: sent on
+    // as well, a shell's trap would run twice.
+    let shares_group = getpgid(Some(pid)).ok() == getpgid(None).ok();
     loop {
-        let sig = signals.wait().map_err(io::Error::from)?;
+        let Some(info) = incoming.read_signal().map_err(io::Error::from)? else {
+            continue;
+        };
+        let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+            continue;
+        };
         if sig == Signal::SIGWINCH {
             if let Some(t) = terminal {
                 t.resize();
@@ -137,6 +148,9 @@ fn monitor(pid: Pid, signals: &SigSet, terminal: Option<&tty::Console>) -> io::R
             continue;
         }
         if sig != Signal::SIGCHLD {
+            if shares_group && info.ssi_code == libc::SI_KERNEL {
+                continue;
+            }
             // The container may be gone already: nothing to forward to.
             let _ = kill(pid, sig);
             continue;

@@ -150,6 +150,32 @@ impl Store {
         (pid, out)
     }
 
+    /// Like [`Store::spawn_ready`], but `layerfs run` leads a session of
+    /// its own whose controlling terminal is a new pty (stdin), as a shell
+    /// in a terminal runs a foreground job; the pty's master is returned:
+    /// writing `^C` there makes the kernel send SIGINT to that job.
+    pub fn spawn_ready_on_terminal(
+        &mut self,
+        args: &[&str],
+    ) -> (u32, BufReader<ChildStdout>, std::os::fd::OwnedFd) {
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let run = self.command("run", args);
+        let mut cmd = Command::new("setsid");
+        cmd.arg("--ctty")
+            .arg(run.get_program())
+            .args(run.get_args())
+            .stdin(Stdio::from(pty.slave))
+            .stdout(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning setsid layerfs run");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout pipe"));
+        let pid = child.id();
+        self.children.push(child);
+        let mut line = String::new();
+        out.read_line(&mut line).expect("reading ready");
+        assert_eq!(line, "ready\n", "layerfs run {args:?} did not start");
+        (pid, out, pty.master)
+    }
+
     /// Wait for a spawned `layerfs run` (killed after 30 s: a test failure).
     pub fn wait(&mut self, pid: u32) -> std::process::ExitStatus {
         let i = self
