@@ -44,6 +44,22 @@ impl Layers {
         );
         LayerfsMount::mount(std::slice::from_ref(&self.lower), &opts)
     }
+
+    /// What the fault tests write before the fault: a new file, a
+    /// copied-up lower file and a directory.
+    fn write_before(m: &Path) {
+        fs::write(m.join("new"), b"written before").expect("create in the upper");
+        fs::write(m.join("f"), b"copied up").expect("copy-up");
+        fs::create_dir(m.join("d")).expect("mkdir");
+    }
+
+    /// After an unmount: nothing left in the work dir.
+    fn assert_work_dir_empty(&self) {
+        let leftover: Vec<_> = fs::read_dir(self.work.join("work"))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(leftover.is_empty(), "the work dir kept {leftover:?}");
+    }
 }
 
 fn layerfs_umount(args: &[&str], mnt: &Path) -> (bool, String) {
@@ -163,9 +179,7 @@ fn an_upper_on_a_read_only_filesystem_fails_writes_and_keeps_serving_reads() {
     let layers = Layers::new(tmp.path(), back.path());
     let mount = layers.mount();
     let m = mount.path().to_path_buf();
-    fs::write(m.join("new"), b"written before").expect("create in the upper");
-    fs::write(m.join("f"), b"copied up").expect("copy-up");
-    fs::create_dir(m.join("d")).expect("mkdir");
+    Layers::write_before(&m);
 
     back.remount(true);
     assert_eq!(
@@ -221,10 +235,7 @@ fn an_upper_on_a_read_only_filesystem_fails_writes_and_keeps_serving_reads() {
         b"after"
     );
     assert!(layers.upper.join("d").is_dir());
-    let leftover: Vec<_> = fs::read_dir(layers.work.join("work"))
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(leftover.is_empty(), "the work dir kept {leftover:?}");
+    layers.assert_work_dir_empty();
 }
 
 /// An ext4 filesystem in an image file, loop-mounted at `dir`; unmounted
@@ -292,9 +303,7 @@ fn an_upper_whose_filesystem_fails_with_eio_keeps_serving_lower_reads_and_loses_
     let layers = Layers::new(tmp.path(), &back.dir);
     let mount = layers.mount();
     let m = mount.path().to_path_buf();
-    fs::write(m.join("new"), b"written before").expect("create in the upper");
-    fs::write(m.join("f"), b"copied up").expect("copy-up");
-    fs::create_dir(m.join("d")).expect("mkdir");
+    Layers::write_before(&m);
     // What is written is what reached the disk: sync the upper's filesystem.
     fs::File::open(m.join("new"))
         .and_then(|f| f.sync_all())
@@ -349,8 +358,5 @@ fn an_upper_whose_filesystem_fails_with_eio_keeps_serving_lower_reads_and_loses_
         exit.status,
         exit.log
     );
-    let leftover: Vec<_> = fs::read_dir(layers.work.join("work"))
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(leftover.is_empty(), "the work dir kept {leftover:?}");
+    layers.assert_work_dir_empty();
 }

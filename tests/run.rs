@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{LayerfsMount, layerfs_bin};
 
@@ -150,18 +150,11 @@ fn start_waiting(c: &Container, script: &str) -> (std::process::Child, impl BufR
 }
 
 fn wait_with_limit(child: &mut std::process::Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(s) = child.try_wait().expect("waitpid") {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("layerfs run did not end");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_within(child, Duration::from_secs(20)).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("layerfs run did not end")
+    })
 }
 
 #[test]

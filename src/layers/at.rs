@@ -7,6 +7,8 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
+use nix::sys::time::TimeSpec;
+
 use super::upper::{NewObject, cstr, cvt};
 use super::{FileKind, sys};
 
@@ -37,6 +39,11 @@ pub fn set_owner_mode(
     Ok(())
 }
 
+/// (sec, nsec) as nix takes it; nsec may be UTIME_NOW or UTIME_OMIT.
+fn timespec((sec, nsec): (i64, i64)) -> TimeSpec {
+    TimeSpec::new(sec, nsec)
+}
+
 /// utimensat with AT_SYMLINK_NOFOLLOW; nsec may be UTIME_NOW/UTIME_OMIT.
 pub fn set_times(
     dir: BorrowedFd<'_>,
@@ -44,25 +51,14 @@ pub fn set_times(
     atime: (i64, i64),
     mtime: (i64, i64),
 ) -> io::Result<()> {
-    let ts = [
-        libc::timespec {
-            tv_sec: atime.0,
-            tv_nsec: atime.1,
-        },
-        libc::timespec {
-            tv_sec: mtime.0,
-            tv_nsec: mtime.1,
-        },
-    ];
-    // SAFETY: valid fd, C string and two timespecs.
-    cvt(unsafe {
-        libc::utimensat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            ts.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
+    nix::sys::stat::utimensat(
+        dir,
+        name,
+        &timespec(atime),
+        &timespec(mtime),
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(io::Error::from)
 }
 
 pub(super) fn set_fd_times(
@@ -70,18 +66,7 @@ pub(super) fn set_fd_times(
     atime: (i64, i64),
     mtime: (i64, i64),
 ) -> io::Result<()> {
-    let ts = [
-        libc::timespec {
-            tv_sec: atime.0,
-            tv_nsec: atime.1,
-        },
-        libc::timespec {
-            tv_sec: mtime.0,
-            tv_nsec: mtime.1,
-        },
-    ];
-    // SAFETY: valid fd and two timespecs.
-    cvt(unsafe { libc::futimens(fd.as_raw_fd(), ts.as_ptr()) })
+    nix::sys::stat::futimens(fd, &timespec(atime), &timespec(mtime)).map_err(io::Error::from)
 }
 
 pub(super) fn set_xattr_at(

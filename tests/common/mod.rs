@@ -21,7 +21,7 @@ pub mod tree;
 pub use materialize::{Dialect, fixture_names, fixtures_dir, layer_names, materialize};
 pub use mounts::{
     DaemonExit, KernelOverlay, LayerfsMount, escape_opt_path, is_mounted, layerfs_bin,
-    lowerdir_value, mount_fstype,
+    lowerdir_value, mount_fstype, wait_within,
 };
 pub use sys::{RawDirEntry, read_dir_raw};
 pub use tree::{

@@ -377,34 +377,20 @@ impl LayerfsMount {
         let clean = unmount_all(&self.mnt, true);
         let mut status = None;
         if let Some(mut child) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(s)) => {
-                        status = Some(s);
-                        break;
-                    }
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(10))
-                    }
-                    _ => {
-                        // Kills exactly our child, by pid. A killed daemon
-                        // whose thread waits in the kernel (an entry
-                        // invalidation behind a directory lock held by a
-                        // call that waits for the daemon) exits only once
-                        // its connection is aborted.
-                        let _ = child.kill();
-                        if !wait_for_exit(&mut child, Duration::from_secs(3)) {
-                            self.abort_connection();
-                            if !wait_for_exit(&mut child, Duration::from_secs(10)) {
-                                eprintln!(
-                                    "warning: layerfs daemon {} for {} does not exit even killed",
-                                    child.id(),
-                                    self.mnt.display()
-                                );
-                            }
-                        }
-                        break;
+            status = wait_within(&mut child, Duration::from_secs(5));
+            if status.is_none() {
+                // Kills exactly our child, by pid. A killed daemon with a
+                // thread stuck in the kernel exits only once its connection
+                // is aborted.
+                let _ = child.kill();
+                if wait_within(&mut child, Duration::from_secs(3)).is_none() {
+                    self.abort_connection();
+                    if wait_within(&mut child, Duration::from_secs(10)).is_none() {
+                        eprintln!(
+                            "warning: layerfs daemon {} for {} does not exit even killed",
+                            child.id(),
+                            self.mnt.display()
+                        );
                     }
                 }
             }
@@ -418,14 +404,14 @@ impl LayerfsMount {
     }
 }
 
-/// Whether `child` exited (and was reaped) within `limit`.
-fn wait_for_exit(child: &mut Child, limit: Duration) -> bool {
+/// `child`'s exit status if it exits (and is reaped) within `limit`.
+pub fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         match child.try_wait() {
-            Ok(Some(_)) => return true,
+            Ok(Some(s)) => return Some(s),
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            _ => return false,
+            _ => return None,
         }
     }
 }

@@ -184,18 +184,11 @@ impl Store {
             .position(|c| c.id() == pid)
             .expect("a child we spawned");
         let mut child = self.children.remove(i);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = child.try_wait().expect("waitpid") {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("layerfs run (pid {pid}) did not end");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_within(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("layerfs run (pid {pid}) did not end")
+        })
     }
 
     pub fn signal(&self, pid: u32, sig: nix::sys::signal::Signal) {
