@@ -88,12 +88,7 @@ fn renames_with_getattrs_do_not_deadlock() {
     let calls = run_with_watchdog(&mount, workers, RUN_FOR, STALL);
     assert!(calls > 1000, "only {calls} calls ran in {RUN_FOR:?}");
     let exit = mount.unmount();
-    assert!(
-        exit.status.is_some_and(|s| s.success()),
-        "daemon ended with {:?}:\n{}",
-        exit.status,
-        exit.log
-    );
+    exit.assert_clean();
 }
 
 /// Errors the load saw that no serial order of its calls could give.
@@ -245,10 +240,5 @@ fn reads_racing_writes_answer_as_a_serial_order() {
         "random load:\n{}\ndaemon log (tail):\n{log}",
         seen.join("\n"),
     );
-    assert!(
-        exit.status.is_some_and(|s| s.success()),
-        "daemon ended with {:?}:\n{}",
-        exit.status,
-        exit.log
-    );
+    exit.assert_clean();
 }

@@ -117,12 +117,7 @@ fn unmounting_a_busy_mount_is_a_clear_error_and_lazy_detaches() {
     drop(open);
     // The last user gone, the daemon ends by itself, cleanly.
     let exit = mount.unmount();
-    assert!(
-        exit.status.is_some_and(|s| s.success()),
-        "the daemon ended with {:?}:\n{}",
-        exit.status,
-        exit.log
-    );
+    exit.assert_clean();
 }
 
 #[test]
@@ -148,12 +143,7 @@ fn sighup_detaches_a_busy_mount_and_the_daemon_ends_when_it_is_free() {
     let _ = inside.kill();
     let _ = inside.wait();
     let exit = mount.unmount();
-    assert!(
-        exit.status.is_some_and(|s| s.success()),
-        "the daemon ended with {:?}:\n{}",
-        exit.status,
-        exit.log
-    );
+    exit.assert_clean();
 }
 
 /// `r` failed with `errno`.
@@ -216,12 +206,7 @@ fn an_upper_on_a_read_only_filesystem_fails_writes_and_keeps_serving_reads() {
     fs::set_permissions(m.join("g"), fs::Permissions::from_mode(0o600))
         .expect("copy-up after remount rw");
     let exit = mount.unmount();
-    assert!(
-        exit.status.is_some_and(|s| s.success()),
-        "the daemon ended with {:?}:\n{}",
-        exit.status,
-        exit.log
-    );
+    exit.assert_clean();
     assert_eq!(
         fs::read(layers.upper.join("new")).expect("upper new"),
         b"written before"
@@ -333,12 +318,7 @@ fn an_upper_whose_filesystem_fails_with_eio_keeps_serving_lower_reads_and_loses_
         b"another lower file"
     );
     let exit = mount.unmount();
-    assert!(
-        exit.status.is_some_and(|s| s.success()),
-        "the daemon ended with {:?}:\n{}",
-        exit.status,
-        exit.log
-    );
+    exit.assert_clean();
 
     // The filesystem back (a new mount clears the shutdown): nothing that
     // was written is lost, and the mount works again.
@@ -352,11 +332,6 @@ fn an_upper_whose_filesystem_fails_with_eio_keeps_serving_lower_reads_and_loses_
     assert_eq!(fs::read(m.join("g")).expect("g"), b"another lower file");
     fs::write(m.join("other"), b"after").expect("create after the repair");
     let exit = mount.unmount();
-    assert!(
-        exit.status.is_some_and(|s| s.success()),
-        "the daemon ended with {:?}:\n{}",
-        exit.status,
-        exit.log
-    );
+    exit.assert_clean();
     layers.assert_work_dir_empty();
 }

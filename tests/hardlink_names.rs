@@ -87,12 +87,7 @@ fn a_copy_up_takes_the_name_used_although_names_are_cached() {
     look_up_one_name_change_another(m.path());
     let our_tree = snapshot(m.path());
     let exit = m.unmount();
-    assert!(
-        exit.status.is_some_and(|s| s.success()),
-        "layerfs daemon ended with {:?}; its output:\n{}",
-        exit.status,
-        exit.log
-    );
+    exit.assert_clean();
 
     let theirs = Stack::new("hln-kernel-", "links", Dialect::OverlayTrusted);
     let k = KernelOverlay::mount(

@@ -80,12 +80,7 @@ fn both<T>(prefix: &str, fill: impl Fn(&Path), f: impl Fn(&Path) -> T) -> (T, T)
     let m = l.layerfs();
     let ours = f(m.path());
     let exit = m.unmount();
-    assert!(
-        exit.status.is_some_and(|s| s.success()),
-        "daemon ended with {:?}:\n{}",
-        exit.status,
-        exit.log
-    );
+    exit.assert_clean();
     (kernel, ours)
 }
 
@@ -538,12 +533,7 @@ fn write_upper(
             let m = LayerfsMount::mount(lowers, &uw);
             change(m.path());
             let exit = m.unmount();
-            assert!(
-                exit.status.is_some_and(|s| s.success()),
-                "daemon: {:?}\n{}",
-                exit.status,
-                exit.log
-            );
+            exit.assert_clean();
         }
     }
     upper

@@ -51,12 +51,7 @@ fn kernel(s: &Stack) -> KernelOverlay {
 
 fn unmount_layerfs(m: LayerfsMount) {
     let exit = m.unmount();
-    assert!(
-        exit.status.is_some_and(|s| s.success()),
-        "layerfs daemon ended with {:?}; its output:\n{}",
-        exit.status,
-        exit.log
-    );
+    exit.assert_clean();
 }
 
 /// The tree the kernel alone leaves after `change_hard_links`.
@@ -384,12 +379,7 @@ fn without_file_handles_the_index_keeps_layerfs_names() {
     );
     check("layerfs", m.path());
     let exit = m.unmount();
-    assert!(
-        exit.status.is_some_and(|s| s.success()),
-        "layerfs daemon ended with {:?}; its output:\n{}",
-        exit.status,
-        exit.log
-    );
+    exit.assert_clean();
     assert_eq!(
         exit.log.matches("no file handles").count(),
         1,

@@ -551,12 +551,7 @@ fn random_operations_keep_every_byte() {
         "the daemon's RSS grew from {rss0} KiB to {rss1} KiB (seed {seed})"
     );
     let exit = mount.unmount();
-    assert!(
-        exit.status.is_some_and(|s| s.success()),
-        "daemon ended with {:?}:\n{}",
-        exit.status,
-        exit.log
-    );
+    exit.assert_clean();
 
     // What was written stays written: a remount, and the kernel.
     let again = LayerfsMount::mount(std::slice::from_ref(&lower), &opts);

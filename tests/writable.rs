@@ -291,12 +291,7 @@ fn assert_same(what: &str, expected: &Tree, actual: &Tree) {
 fn unmount_layerfs(m: LayerfsMount) {
     let mnt = m.path().to_path_buf();
     let exit = m.unmount();
-    assert!(
-        exit.status.is_some_and(|s| s.success()),
-        "layerfs daemon ended with {:?}; its output:\n{}",
-        exit.status,
-        exit.log
-    );
+    exit.assert_clean();
     assert!(!is_mounted(&mnt), "{} is still mounted", mnt.display());
 }
 

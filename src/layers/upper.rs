@@ -268,19 +268,7 @@ impl Upper {
     fn set_nlink_diff(&self, dir: BorrowedFd<'_>, name: &CStr, diff: i64) -> io::Result<()> {
         let key = self.xattr_name("nlink");
         let value = format!("U{diff:+}");
-        let set = with_proc_path(dir, name, |p| {
-            // SAFETY: valid C strings and buffer.
-            cvt(unsafe {
-                libc::lsetxattr(
-                    p.as_ptr(),
-                    key.as_ptr(),
-                    value.as_ptr().cast(),
-                    value.len(),
-                    0,
-                )
-            })
-        });
-        match set {
+        match set_xattr_at(dir, name, &key, value.as_bytes()) {
             // `user.*` xattrs go on files and directories only: a hard-
             // linked fifo or device shows its upper link count.
             Err(e)

@@ -224,6 +224,18 @@ pub struct DaemonExit {
     pub log: String,
 }
 
+impl DaemonExit {
+    /// The daemon ended by itself with status 0.
+    pub fn assert_clean(&self) {
+        assert!(
+            self.status.is_some_and(|s| s.success()),
+            "the daemon ended with {:?}:\n{}",
+            self.status,
+            self.log
+        );
+    }
+}
+
 /// A `layerfs mount --foreground` child process and its mount.
 pub struct LayerfsMount {
     mnt: PathBuf,
