@@ -23,21 +23,37 @@ impl Tmpfs {
         &self.0
     }
 
-    /// `mount -o remount,ro` (or `rw`).
+    /// `mount -o remount,ro` (or `rw`). Going read-only is refused (EBUSY)
+    /// while a file on it is open for writing; a file closed through a FUSE
+    /// mount is released by its daemon a moment later (RELEASE does not
+    /// wait), so EBUSY is retried for up to 5 s.
     pub fn remount(&self, read_only: bool) {
         let ro = if read_only {
             MsFlags::MS_RDONLY
         } else {
             MsFlags::empty()
         };
-        nix::mount::mount(
-            None::<&str>,
-            &self.0,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | ro,
-            None::<&str>,
-        )
-        .unwrap_or_else(|e| panic!("remount {} (ro: {read_only}): {e}", self.0.display()));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let r = nix::mount::mount(
+                None::<&str>,
+                &self.0,
+                None::<&str>,
+                MsFlags::MS_REMOUNT | ro,
+                None::<&str>,
+            );
+            match r {
+                Err(nix::errno::Errno::EBUSY) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => {
+                    r.unwrap_or_else(|e| {
+                        panic!("remount {} (ro: {read_only}): {e}", self.0.display())
+                    });
+                    return;
+                }
+            }
+        }
     }
 }
 
