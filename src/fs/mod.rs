@@ -18,10 +18,10 @@ use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use fuser::{
-    AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{debug, info, warn};
 
@@ -53,8 +53,8 @@ struct FileHandleState {
     /// a copy-up moves to the upper copy, as the kernel's overlayfs does.
     layer: LayerIdx,
     ino: u64,
-    /// Keeps the passthrough backing id alive while the handle is open.
-    _backing: Option<Arc<BackingId>>,
+    /// Passthrough or page cache; keeps its inode's mode while open.
+    _io: read::HandleIo,
 }
 
 /// A union mount served over FUSE.
@@ -64,8 +64,8 @@ pub struct LayerFs {
     handles: DashMap<u64, Handle>,
     next_handle: AtomicU64,
     /// Whether the kernel accepted FUSE passthrough; cleared on the first
-    /// refusal so we stop asking. Only read-only mounts use it: a copy-up
-    /// would change the backing file under open handles.
+    /// refusal so we stop asking. Writable mounts pass through only files
+    /// whose data is in the upper layer (read::handle_io says why).
     passthrough: AtomicBool,
     /// Mutations are serialised: each touches a few listings and nodes
     /// that must change together. Reads never take it.
@@ -346,11 +346,10 @@ impl Filesystem for LayerFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _span = tracing::debug_span!("open", ino = ino.0, flags = flags.0).entered();
         match self.do_open(ino, flags, &reply) {
-            Ok((fh, Some(backing))) => {
+            Ok((fh, read::Opened::Passthrough(backing))) => {
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing)
             }
-            // The data never changes: let the page cache survive reopening.
-            Ok((fh, None)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((fh, read::Opened::Cached(flags))) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(errno_of(&e)),
         }
     }
@@ -689,17 +688,23 @@ impl Filesystem for LayerFs {
         let result = self
             .do_create(req, parent, name, NewObject::File, mode & 0o7777)
             .and_then(|(attr, generation, made)| {
-                let fh = self.open_created(attr.ino, flags, made)?;
-                Ok((attr, generation, fh))
+                let (fh, opened) =
+                    self.open_created(attr.ino, flags, made, |f| reply.open_backing(f))?;
+                Ok((attr, generation, fh, opened))
             });
         match result {
-            Ok((attr, generation, fh)) => reply.created(
-                &LOWER_TTL,
-                &attr,
-                generation,
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((attr, generation, fh, read::Opened::Passthrough(backing))) => reply
+                .created_passthrough(
+                    &LOWER_TTL,
+                    &attr,
+                    generation,
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                    &backing,
+                ),
+            Ok((attr, generation, fh, read::Opened::Cached(open_flags))) => {
+                reply.created(&LOWER_TTL, &attr, generation, FileHandle(fh), open_flags)
+            }
             Err(e) => reply.error(errno_of(&e)),
         }
     }

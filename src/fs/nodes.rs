@@ -9,11 +9,10 @@
 
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use fuser::BackingId;
 
 use crate::error::{Error, Result};
 use crate::layers::{FileKind, RelPath};
@@ -44,9 +43,9 @@ pub struct Node {
     /// step with every change made through the mount.
     listing: Mutex<Option<Arc<Listing>>>,
     lookups: AtomicU64,
-    /// The kernel wants one backing id per inode while any passthrough
-    /// handle to it is open; handles hold the strong references.
-    pub backing: Mutex<Weak<BackingId>>,
+    /// How the kernel does this file's I/O while handles are open
+    /// (passthrough or page cache); handles keep a reference.
+    pub io: Arc<Mutex<super::read::IoMode>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -60,7 +59,7 @@ impl Node {
             state: RwLock::new(state),
             listing: Mutex::new(None),
             lookups: AtomicU64::new(0),
-            backing: Mutex::new(Weak::new()),
+            io: Arc::default(),
         }
     }
 

@@ -5,14 +5,14 @@
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use fuser::{BackingId, FileHandle, INodeNo, OpenFlags, ReplyOpen};
+use fuser::{BackingId, FileHandle, FopenFlags, INodeNo, OpenFlags, ReplyOpen};
 use tracing::info;
 
 use super::{FileHandleState, Handle, LayerFs, Node, stale};
 use crate::error::{Error, Result};
-use crate::union::layer_display;
+use crate::union::{INDEX_LAYER, layer_display};
 
 impl LayerFs {
     pub(super) fn do_open(
@@ -20,7 +20,7 @@ impl LayerFs {
         ino: INodeNo,
         flags: OpenFlags,
         reply: &ReplyOpen,
-    ) -> Result<(u64, Option<Arc<BackingId>>)> {
+    ) -> Result<(u64, Opened)> {
         let node = self.node(ino, "open")?;
         if node.is_dir() {
             // The kernel opens directories with opendir: the number names
@@ -50,11 +50,9 @@ impl LayerFs {
                 other => other?,
             }
         };
-        let backing = if self.passthrough.load(Ordering::Relaxed) && !self.stack.is_writable() {
-            self.backing_for(&node, &file, reply)
-        } else {
-            None
-        };
+        let data_upper = self.data_in_upper(&obj);
+        let io = self.handle_io(&node, &file, data_upper, |f| reply.open_backing(f));
+        let opened = io.opened();
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.handles.insert(
             fh,
@@ -62,10 +60,10 @@ impl LayerFs {
                 file,
                 layer: obj.layer,
                 ino: node.ino,
-                _backing: backing.clone(),
+                _io: io,
             }),
         );
-        Ok((fh, backing))
+        Ok((fh, opened))
     }
 
     /// Open the object `node` stands for, and make sure it is that object:
@@ -96,23 +94,76 @@ impl LayerFs {
         Ok((file, obj))
     }
 
-    /// The backing id of `node`, registering `file` if it has none open.
-    pub(super) fn backing_for(
+    /// Whether the data of `obj` is in the upper layer, where nothing but
+    /// this mount changes it and no copy-up will move it.
+    pub(super) fn data_in_upper(&self, obj: &crate::union::Resolved) -> bool {
+        self.stack.is_writable() && (obj.layer == 0 || obj.layer == INDEX_LAYER)
+    }
+
+    /// How a new handle of `node` does its I/O. The kernel lets an inode be
+    /// open through the page cache or passed through to one backing file,
+    /// never both (an open that would mix them fails with EIO), so the
+    /// choice is made per inode, under its lock:
+    /// - an inode already passed through: this handle too, same backing;
+    /// - read-only mounts: passthrough (the data never changes);
+    /// - writable mounts: passthrough only where the data is in the upper
+    ///   layer. A lower file stays in the page cache: a copy-up cannot
+    ///   move an open backing file, and the kernel's overlayfs shows a
+    ///   handle opened before a copy-up the copy; through the page cache
+    ///   (one FUSE inode, written only through this mount) it does.
+    pub(super) fn handle_io(
         &self,
         node: &Node,
         file: &File,
-        reply: &ReplyOpen,
-    ) -> Option<Arc<BackingId>> {
-        let mut slot = node.backing.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(id) = slot.upgrade() {
-            return Some(id);
+        data_upper: bool,
+        register: impl FnOnce(&File) -> std::io::Result<BackingId>,
+    ) -> HandleIo {
+        let mut io = node.io.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(id) = io.backing.upgrade() {
+            return HandleIo::Passthrough(id);
         }
-        match reply.open_backing(file) {
-            Ok(id) => {
-                let id = Arc::new(id);
-                *slot = Arc::downgrade(&id);
-                Some(id)
-            }
+        let writable = self.stack.is_writable();
+        let may_pass =
+            self.passthrough.load(Ordering::Relaxed) && io.cached == 0 && (!writable || data_upper);
+        if let Some(id) = may_pass
+            .then(|| self.register_backing(node, file, writable, register))
+            .flatten()
+        {
+            let id = Arc::new(id);
+            io.backing = Arc::downgrade(&id);
+            io.passed_through = true;
+            return HandleIo::Passthrough(id);
+        }
+        io.cached += 1;
+        // Writes through a backing file went around the page cache.
+        let keep_cache = !io.passed_through;
+        HandleIo::Cached(CachedOpen {
+            io: node.io.clone(),
+            keep_cache,
+        })
+    }
+
+    /// Register `file` (on a writable mount, a read-write open of the same
+    /// object: every later handle of the inode, reading or writing, goes
+    /// through this one backing file) as the inode's backing file.
+    fn register_backing(
+        &self,
+        node: &Node,
+        file: &File,
+        writable: bool,
+        register: impl FnOnce(&File) -> std::io::Result<BackingId>,
+    ) -> Option<BackingId> {
+        let read_write;
+        let backing = if writable && !opened_read_write(file) {
+            // Immutable, or run as a program outside the mount (ETXTBSY):
+            // the page cache serves it.
+            read_write = self.open_node(node, OpenFlags(libc::O_RDWR)).ok()?.0;
+            &read_write
+        } else {
+            file
+        };
+        match register(backing) {
+            Ok(id) => Some(id),
             Err(e) => {
                 if self.passthrough.swap(false, Ordering::Relaxed) {
                     info!(error = %e, "FUSE passthrough refused; serving reads in the daemon");
@@ -164,5 +215,60 @@ impl LayerFs {
             .map_err(|e| Error::io(e, "read", layer_display(layer, &obj.path)))?;
         h.layer = obj.layer;
         Ok(())
+    }
+}
+
+fn opened_read_write(file: &File) -> bool {
+    nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_GETFL)
+        .is_ok_and(|flags| flags & libc::O_ACCMODE == libc::O_RDWR)
+}
+
+/// An inode's I/O mode while handles to it are open.
+#[derive(Debug, Default)]
+pub struct IoMode {
+    /// The backing file of its passthrough handles; they hold the strong
+    /// references, so it goes when the last of them is released.
+    backing: Weak<BackingId>,
+    /// Handles open through the page cache.
+    cached: u32,
+    /// A backing file was written through once: the page cache may be
+    /// older than the file.
+    passed_through: bool,
+}
+
+/// How one handle does its I/O.
+pub(super) enum HandleIo {
+    Passthrough(Arc<BackingId>),
+    Cached(CachedOpen),
+}
+
+/// A page-cache handle, counted in its inode's [`IoMode`] while it lives.
+pub(super) struct CachedOpen {
+    io: Arc<Mutex<IoMode>>,
+    keep_cache: bool,
+}
+
+impl Drop for CachedOpen {
+    fn drop(&mut self) {
+        let mut io = self.io.lock().unwrap_or_else(PoisonError::into_inner);
+        io.cached = io.cached.saturating_sub(1);
+    }
+}
+
+/// What an open is answered with.
+pub(super) enum Opened {
+    Passthrough(Arc<BackingId>),
+    Cached(FopenFlags),
+}
+
+impl HandleIo {
+    pub(super) fn opened(&self) -> Opened {
+        match self {
+            HandleIo::Passthrough(id) => Opened::Passthrough(id.clone()),
+            // Lower data never changes and upper data only through this
+            // mount: the page cache may survive reopening.
+            HandleIo::Cached(c) if c.keep_cache => Opened::Cached(FopenFlags::FOPEN_KEEP_CACHE),
+            HandleIo::Cached(_) => Opened::Cached(FopenFlags::empty()),
+        }
     }
 }

@@ -651,7 +651,8 @@ impl LayerFs {
         ino: INodeNo,
         flags: i32,
         made: Option<std::os::fd::OwnedFd>,
-    ) -> Result<u64> {
+        register: impl FnOnce(&std::fs::File) -> std::io::Result<fuser::BackingId>,
+    ) -> Result<(u64, super::read::Opened)> {
         let node = self.node(ino, "create")?;
         let obj = node.obj();
         let fd = match made {
@@ -666,18 +667,21 @@ impl LayerFs {
                     })?
             }
         };
+        let file = std::fs::File::from(fd);
+        let io = self.handle_io(&node, &file, self.data_in_upper(&obj), register);
+        let opened = io.opened();
         let fh = self
             .next_handle
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.handles.insert(
             fh,
             Handle::File(super::FileHandleState {
-                file: std::fs::File::from(fd),
+                file,
                 layer: obj.layer,
                 ino: node.ino,
-                _backing: None,
+                _io: io,
             }),
         );
-        Ok(fh)
+        Ok((fh, opened))
     }
 }

@@ -241,3 +241,42 @@ pub fn shut_down_filesystem(dir: &Path) -> io::Result<()> {
         .map(|_| ())
         .map_err(io::Error::from)
 }
+
+/// Write `data` at `offset` of `file` through a shared mapping of its first
+/// `len` bytes, then msync it.
+pub fn write_through_shared_map(
+    file: &std::fs::File,
+    len: usize,
+    offset: usize,
+    data: &[u8],
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    assert!(offset + data.len() <= len, "write past the mapping");
+    // SAFETY: a fresh mapping of an open fd; checked for MAP_FAILED.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the range lies inside the mapping (asserted above), which is
+    // unmapped right after and never shared with safe code.
+    let rc = unsafe {
+        std::ptr::copy_nonoverlapping(data.as_ptr(), addr.cast::<u8>().add(offset), data.len());
+        let rc = libc::msync(addr, len, libc::MS_SYNC);
+        libc::munmap(addr, len);
+        rc
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
