@@ -50,8 +50,8 @@ impl LayerFs {
                 other => other?,
             }
         };
-        let data_upper = self.data_in_upper(&obj);
-        let io = self.handle_io(&node, &file, data_upper, |f| reply.open_backing(f));
+        let prefer = self.prefers_passthrough(&obj, access == libc::O_RDONLY);
+        let io = self.handle_io(&node, &file, prefer, |f| reply.open_backing(f));
         let opened = io.opened();
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.handles.insert(
@@ -94,39 +94,46 @@ impl LayerFs {
         Ok((file, obj))
     }
 
-    /// Whether the data of `obj` is in the upper layer, where nothing but
-    /// this mount changes it and no copy-up will move it.
-    pub(super) fn data_in_upper(&self, obj: &crate::union::Resolved) -> bool {
-        self.stack.is_writable() && (obj.layer == 0 || obj.layer == INDEX_LAYER)
+    /// Whether a new handle of `obj` should be passed through to a backing
+    /// file, if its inode allows it (see [`Self::handle_io`]):
+    /// - read-only mounts: yes, the data never changes;
+    /// - writable mounts: only where the data is in the upper layer, where
+    ///   nothing but this mount changes it and no copy-up will move it. A
+    ///   lower file stays in the page cache: a copy-up cannot move an open
+    ///   backing file, and the kernel's overlayfs shows a handle opened
+    ///   before a copy-up the copy; through the page cache (one FUSE inode,
+    ///   written only through this mount) it does.
+    ///
+    /// A small file opened to read is read by one READ and then from the
+    /// page cache, where a backing file would cost two more syscalls per
+    /// open and close: it stays in the page cache.
+    pub(super) fn prefers_passthrough(&self, obj: &crate::union::Resolved, reading: bool) -> bool {
+        let data_upper = obj.layer == 0 || obj.layer == INDEX_LAYER;
+        let small = obj.stat.size < PASSTHROUGH_MIN_READ;
+        (!self.stack.is_writable() || data_upper) && !(reading && small)
     }
 
     /// How a new handle of `node` does its I/O. The kernel lets an inode be
     /// open through the page cache or passed through to one backing file,
     /// never both (an open that would mix them fails with EIO), so the
-    /// choice is made per inode, under its lock:
-    /// - an inode already passed through: this handle too, same backing;
-    /// - read-only mounts: passthrough (the data never changes);
-    /// - writable mounts: passthrough only where the data is in the upper
-    ///   layer. A lower file stays in the page cache: a copy-up cannot
-    ///   move an open backing file, and the kernel's overlayfs shows a
-    ///   handle opened before a copy-up the copy; through the page cache
-    ///   (one FUSE inode, written only through this mount) it does.
+    /// choice is made per inode, under its lock: an inode already passed
+    /// through keeps that backing for this handle too; while a page-cache
+    /// handle is open, this one uses the page cache as well; otherwise
+    /// `prefer` (from [`Self::prefers_passthrough`]) decides.
     pub(super) fn handle_io(
         &self,
         node: &Node,
         file: &File,
-        data_upper: bool,
+        prefer: bool,
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
     ) -> HandleIo {
         let mut io = node.io.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(id) = io.backing.upgrade() {
             return HandleIo::Passthrough(id);
         }
-        let writable = self.stack.is_writable();
-        let may_pass =
-            self.passthrough.load(Ordering::Relaxed) && io.cached == 0 && (!writable || data_upper);
+        let may_pass = prefer && io.cached == 0 && self.passthrough.load(Ordering::Relaxed);
         if let Some(id) = may_pass
-            .then(|| self.register_backing(node, file, writable, register))
+            .then(|| self.register_backing(node, file, register))
             .flatten()
         {
             let id = Arc::new(id);
@@ -150,11 +157,10 @@ impl LayerFs {
         &self,
         node: &Node,
         file: &File,
-        writable: bool,
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
     ) -> Option<BackingId> {
         let read_write;
-        let backing = if writable && !opened_read_write(file) {
+        let backing = if self.stack.is_writable() && !opened_read_write(file) {
             // Immutable, or run as a program outside the mount (ETXTBSY):
             // the page cache serves it.
             read_write = self.open_node(node, OpenFlags(libc::O_RDWR)).ok()?.0;
@@ -217,6 +223,10 @@ impl LayerFs {
         Ok(())
     }
 }
+
+/// Below this size a file opened to read is served from the page cache
+/// (one FUSE readahead window: a cold read of it is one READ anyway).
+const PASSTHROUGH_MIN_READ: u64 = 128 << 10;
 
 fn opened_read_write(file: &File) -> bool {
     nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_GETFL)

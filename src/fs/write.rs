@@ -668,7 +668,12 @@ impl LayerFs {
             }
         };
         let file = std::fs::File::from(fd);
-        let io = self.handle_io(&node, &file, self.data_in_upper(&obj), register);
+        let io = self.handle_io(
+            &node,
+            &file,
+            self.prefers_passthrough(&obj, false),
+            register,
+        );
         let opened = io.opened();
         let fh = self
             .next_handle
