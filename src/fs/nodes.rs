@@ -45,7 +45,7 @@ pub struct Node {
     lookups: AtomicU64,
     /// How the kernel does this file's I/O while handles are open
     /// (passthrough or page cache); handles keep a reference.
-    pub io: Arc<Mutex<super::read::IoMode>>,
+    pub io: Mutex<super::read::IoMode>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -59,7 +59,7 @@ impl Node {
             state: RwLock::new(state),
             listing: Mutex::new(None),
             lookups: AtomicU64::new(0),
-            io: Arc::default(),
+            io: Mutex::default(),
         }
     }
 

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 
 use fuser::{BackingId, FileHandle, FopenFlags, INodeNo, OpenFlags, ReplyOpen};
 use tracing::info;
@@ -122,7 +122,7 @@ impl LayerFs {
     /// `prefer` (from [`Self::prefers_passthrough`]) decides.
     pub(super) fn handle_io(
         &self,
-        node: &Node,
+        node: &Arc<Node>,
         file: &File,
         prefer: bool,
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
@@ -145,7 +145,7 @@ impl LayerFs {
         // Writes through a backing file went around the page cache.
         let keep_cache = !io.passed_through;
         HandleIo::Cached(CachedOpen {
-            io: node.io.clone(),
+            node: node.clone(),
             keep_cache,
         })
     }
@@ -254,13 +254,13 @@ pub(super) enum HandleIo {
 
 /// A page-cache handle, counted in its inode's [`IoMode`] while it lives.
 pub(super) struct CachedOpen {
-    io: Arc<Mutex<IoMode>>,
+    node: Arc<Node>,
     keep_cache: bool,
 }
 
 impl Drop for CachedOpen {
     fn drop(&mut self) {
-        let mut io = self.io.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut io = self.node.io.lock().unwrap_or_else(PoisonError::into_inner);
         io.cached = io.cached.saturating_sub(1);
     }
 }
