@@ -10,7 +10,7 @@ mod common;
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::stack::{Stack, step};
@@ -54,6 +54,22 @@ fn look_up_one_name_change_another(root: &Path) {
     stat("hl2/z");
     stat("hl2/y");
     chmod("hl2/z", 0o604);
+    // A listing (READDIRPLUS: the kernel is handed every name with its
+    // inode) names both links and uses neither: a change through a handle
+    // opened before still copies up the name it was opened by.
+    let fifo = step(
+        "open hl/pipe",
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(root.join("hl/pipe")),
+    );
+    let listed = step("list hl", fs::read_dir(root.join("hl"))).count();
+    assert!(listed > 2, "hl lists {listed} names");
+    step(
+        "fchmod hl/pipe",
+        fifo.set_permissions(fs::Permissions::from_mode(0o604)),
+    );
 }
 
 /// Every name under `upper` with its type and mode (the work dir is not in

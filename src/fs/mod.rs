@@ -2,6 +2,7 @@
 //! onto errnos. Inode and handle tables, TTLs and passthrough live here.
 
 mod attr;
+mod dir;
 mod fusermount;
 mod guard;
 pub mod mount;
@@ -20,12 +21,12 @@ use dashmap::DashMap;
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{debug, info, warn};
 
-use attr::{decode_dev, file_type, negative_entry};
+use attr::{decode_dev, negative_entry};
 pub use nodes::{Node, NodeState, NodeTable};
 
 use crate::error::{Error, Result};
@@ -139,7 +140,14 @@ impl LayerFs {
         })
     }
 
-    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<Option<(FileAttr, Generation)>> {
+    /// Look `name` up in `parent` and count the kernel's reference to it
+    /// (`moves`: see [`NodeTable::remember`]).
+    fn do_lookup(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        moves: bool,
+    ) -> Result<Option<(FileAttr, Generation)>> {
         if name.len() > NAME_MAX {
             return Err(Error::errno(
                 libc::ENAMETOOLONG,
@@ -162,10 +170,42 @@ impl LayerFs {
         };
         let obj = self.stack.resolve(&merged, child)?;
         let listed = obj.ino;
-        let node = self.nodes.remember(&self.stack, dir.ino, name, obj)?;
+        let node = self
+            .nodes
+            .remember(&self.stack, dir.ino, name, obj, moves)?;
         drop(listing);
         self.renumbered(&dir, name, &node, listed)?;
         Ok(Some((self.attr(&node), Self::generation(&node))))
+    }
+
+    /// [`Self::do_lookup`]; reads take no lock, so a change may be half
+    /// seen (the listing says one thing, the upper on disk another). Under
+    /// the write lock the two agree: an error then is a serial order's.
+    fn lookup_retrying(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        moves: bool,
+    ) -> Result<Option<(FileAttr, Generation)>> {
+        match self.do_lookup(parent, name, moves) {
+            Err(_) if self.stack.is_writable() => {
+                let _w = self.lock_writes();
+                self.do_lookup(parent, name, moves)
+            }
+            other => other,
+        }
+    }
+
+    /// How long the kernel may keep a name and its attributes. A name of a
+    /// hard-linked file on a writable mount is looked up on every path
+    /// walk: the node then knows which name is in use (see
+    /// NodeTable::remember).
+    fn entry_ttl(&self, attr: &FileAttr) -> Duration {
+        if self.stack.is_writable() && attr.kind != FileType::Directory && attr.nlink > 1 {
+            Duration::ZERO
+        } else {
+            LOWER_TTL
+        }
     }
 
     /// The node of `dir/name` got another number than its listing shows
@@ -266,6 +306,10 @@ impl Filesystem for LayerFs {
         for cap in [
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
+            // A listing answers the lookups that follow it (ls -l, find):
+            // the kernel decides per directory whether to ask for that.
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
         ] {
             let _ = config.add_capabilities(cap);
         }
@@ -284,31 +328,8 @@ impl Filesystem for LayerFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _span = tracing::debug_span!("lookup", parent = parent.0, ?name).entered();
-        let result = match self.do_lookup(parent, name) {
-            // Reads take no lock, so a change may be half seen (the listing
-            // says one thing, the upper on disk another). Under the write
-            // lock the two agree: an error then is a serial order's.
-            Err(_) if self.stack.is_writable() => {
-                let _w = self.lock_writes();
-                self.do_lookup(parent, name)
-            }
-            other => other,
-        };
-        match result {
-            Ok(Some((attr, generation))) => {
-                // A name of a hard-linked file on a writable mount is looked
-                // up on every path walk: the node then knows which name is
-                // in use (see NodeTable::remember).
-                let ttl = if self.stack.is_writable()
-                    && attr.kind != FileType::Directory
-                    && attr.nlink > 1
-                {
-                    Duration::ZERO
-                } else {
-                    LOWER_TTL
-                };
-                reply.entry(&ttl, &attr, generation)
-            }
+        match self.lookup_retrying(parent, name, true) {
+            Ok(Some((attr, generation))) => reply.entry(&self.entry_ttl(&attr), &attr, generation),
             Ok(None) => reply.entry(&LOWER_TTL, &negative_entry(), Generation(0)),
             Err(e) => reply.error(errno_of(&e)),
         }
@@ -458,46 +479,28 @@ impl Filesystem for LayerFs {
         mut reply: ReplyDirectory,
     ) {
         let _span = tracing::debug_span!("readdir", ino = ino.0, offset).entered();
-        let node = match self.node(ino, "readdir") {
-            Ok(n) => n,
-            Err(e) => return reply.error(errno_of(&e)),
-        };
-        if offset == 0 {
-            // A read from the start (rewinddir, or the kernel refilling its
-            // cache after the directory changed) sees the directory as it
-            // is now; an older copy would be cached under the new version.
-            match node.listing(&self.stack) {
-                Ok(now) => {
-                    if let Some(mut h) = self.handles.get_mut(&fh.0)
-                        && let Handle::Dir(listing) = &mut *h
-                    {
-                        *listing = now;
-                    }
-                }
-                Err(e) => return reply.error(errno_of(&e)),
-            }
+        let result = self.do_readdir(ino, fh, offset, |entry| {
+            reply.add(entry.ino, entry.offset, entry.kind, entry.name)
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno_of(&e)),
         }
-        let Some(handle) = self.handles.get(&fh.0) else {
-            return reply.error(Errno::EBADF);
-        };
-        let Handle::Dir(listing) = &*handle else {
-            return reply.error(Errno::ENOTDIR);
-        };
-        // Offsets: 1 after ".", 2 after "..", 3 after the first child...
-        let parent = node.read(|s| s.parent);
-        let dots = [(node.ino, "."), (parent, "..")]
-            .map(|(ino, name)| (ino, FileType::Directory, OsStr::new(name)));
-        let children = listing
-            .entries
-            .iter()
-            .map(|c| (c.ino, file_type(c.kind), c.name.as_os_str()));
-        let all = dots.into_iter().chain(children).enumerate();
-        for (index, (child_ino, kind, name)) in all.skip(offset as usize) {
-            if reply.add(INodeNo(child_ino), index as u64 + 1, kind, name) {
-                break;
-            }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let _span = tracing::debug_span!("readdirplus", ino = ino.0, offset).entered();
+        match self.do_readdirplus(ino, fh, offset, &mut reply) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno_of(&e)),
         }
-        reply.ok();
     }
 
     fn releasedir(

@@ -190,13 +190,16 @@ impl NodeTable {
     }
 
     /// Count one kernel lookup of an existing object, creating its node if
-    /// new. Names of one hard-linked file resolve to the same node.
+    /// new. Names of one hard-linked file resolve to the same node; with
+    /// `moves` (a LOOKUP, not a READDIRPLUS listing every name) the node
+    /// takes this name.
     pub fn remember(
         &self,
         stack: &LayerStack,
         parent: u64,
         name: &std::ffi::OsStr,
         obj: Resolved,
+        moves: bool,
     ) -> Result<Arc<Node>> {
         // Count changes happen under the shard lock, so a concurrent forget
         // cannot drop a node a lookup is about to return.
@@ -216,7 +219,7 @@ impl NodeTable {
                 // cache, so every path walk looks them up). The name it
                 // knew stays an alias while it is there.
                 let known = node.obj();
-                if known.upath != obj.upath {
+                if moves && known.upath != obj.upath {
                     let keep_known = still_there(stack, &known);
                     node.update(|s| {
                         s.aliases.retain(|a| a.2 != obj.upath);
