@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """layerfs benchmark: layerfs against the kernel's overlayfs and
 fuse-overlayfs, in the same run, on identical copies of one synthetic layer
-stack. Prints medians and ratios; see docs/performance.md.
+stack (and of a 128-layer one). Prints medians and ratios, the scaling of
+two concurrent walkers and writers, and the daemons' memory per cached
+inode; see docs/performance.md. The stacks are built by bench/stack.py, the
+workloads are in bench/workloads.py.
 
 Usage (as root):  python3 bench/run.py [--bin target/release/layerfs]
 Knobs (environment): BENCH_REPS (default 5, 1..9), BENCH_VERBOSE=1 (every
 repetition's time), BENCH_KEEP_TMP=1 (leave the temp dir, never a mount),
-BENCH_ONLY=REGEX (only the workloads whose name matches),
+BENCH_ONLY=REGEX (only the workloads whose name matches; the memory lines
+are "daemon memory per cached inode"),
 BENCH_LAYERFS_THREADS=N (layerfs mount --threads N), BENCH_FO2=0 (never
 build fuse-overlayfs 2.0), BENCH_FO2_ROOT=DIR (where it is built).
 
@@ -17,32 +21,21 @@ once nothing is mounted below it.
 
 import argparse
 import ctypes
-import errno
+import hashlib
 import os
-import random
 import re
 import shutil
 import signal
-import stat
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-MiB = 1 << 20
-CMD_TIMEOUT = 300  # seconds; a hung mount must not hang `make bench`
+sys.dont_write_bytecode = True  # no __pycache__ of stack/workloads in the tree
+from stack import MiB, N_WIDE, layers128, make_stack, make_stack128, make_wide
+from workloads import MEMORY, USE_WIDE, WORKLOADS, run, sh
 
-# Sizes of the synthetic stack (one rep subtree per repetition).
-BIG_READ = 64 * MiB  # big/blob: sequential read
-BIG_COPYUP = 32 * MiB  # cubig<i>/blob: copy-up of a large file
-N_COPYUP = 200  # cu<i>/: small lower files appended to
-N_CREATE_DIRS, N_CREATE_FILES = 10, 100  # new<i>/: 1000 new 4 KiB files
-N_RENAME = 1000  # ren<i>/src: entries in the renamed lower directory
-N_RM_DIRS, N_RM_L0, N_RM_L1 = 10, 70, 30  # rm<i>/: 1000 files in 10 dirs
-N_CW = 4000  # cw<i>/: new 4 KiB files made (and unlinked) in one upper-only dir
-N_CHMOD = 2000  # chm<i>/: lower files chmod'ed (copy-up of metadata)
-N_HARDLINKED = 1000  # hl/ and hl2/: two names of each of these lower files
 # The rootfs-like tree untarred and removed: a tar of this directory,
 # built at setup (never shipped); the first one that exists is used.
 ROOTFS_SOURCES = ("/usr/lib/python3.11", "/usr/lib/python3", "/usr/share/perl", "/usr/lib")
@@ -60,99 +53,7 @@ def die(msg):
     sys.exit(1)
 
 
-# ---------------------------------------------------------------- the stack
-
-
-def make_stack(root, reps):
-    """Three lower layers l0 (bottom) .. l2 (top), overlayfs whiteouts."""
-    rng = random.Random(42)
-    pool = rng.randbytes(MiB)
-
-    def blob(n):
-        off = rng.randrange(0, MiB - n) if n < MiB else 0
-        return pool[off : off + n]
-
-    def write(path, data):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(data)
-
-    def write_big(path, size):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            for i in range(size // MiB):
-                # Different data per MiB so nothing dedups or compresses.
-                f.write(pool[i % 997 :] + pool[: i % 997])
-
-    def whiteout(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-
-    l0, l1, l2 = (os.path.join(root, f"l{i}") for i in range(3))
-    for layer in (l0, l1, l2):
-        os.makedirs(layer)
-
-    # tree/: a few thousand small files across nested, merged dirs.
-    for a in range(12):
-        for b in range(10):
-            d = f"tree/d{a:02}/e{b:02}"
-            for c in range(15):
-                write(f"{l0}/{d}/f{c:02}", blob(rng.randint(64, 8192)))
-            for c in range(10):
-                write(f"{l1}/{d}/g{c:02}", blob(rng.randint(64, 8192)))
-            for c in range(8):
-                write(f"{l2}/{d}/h{c:02}", blob(rng.randint(64, 8192)))
-            for c in range(0, 15, 7):  # l1 overrides some l0 files
-                write(f"{l1}/{d}/f{c:02}", blob(rng.randint(64, 8192)))
-            for c in range(3, 15, 5):  # l1 deletes some l0 files
-                whiteout(f"{l1}/{d}/f{c:02}")
-            for c in range(1, 10, 4):  # l2 deletes some l1 files
-                whiteout(f"{l2}/{d}/g{c:02}")
-    # l2 makes one dir opaque and deletes a whole lower dir.
-    opq = f"{l2}/tree/d03/e05"
-    os.setxattr(opq, "trusted.overlay.opaque", b"y")
-    shutil.rmtree(f"{l2}/tree/d11/e09")
-    whiteout(f"{l2}/tree/d11/e09")
-
-    write_big(f"{l0}/big/blob", BIG_READ)
-    write(f"{l1}/big/README", b"big/ is a merged dir\n")
-
-    for i in range(reps):
-        write_big(f"{l0}/cubig{i}/blob", BIG_COPYUP)
-        for k in range(N_COPYUP):
-            write(f"{l0}/cu{i}/f{k:03}", blob(4096))
-        for k in range(0, N_COPYUP, 4):
-            write(f"{l1}/cu{i}/f{k:03}", blob(4096))
-        n0 = N_RENAME * 6 // 10
-        for k in range(n0 - 100):
-            write(f"{l0}/ren{i}/src/f{k:04}", blob(rng.randint(64, 4096)))
-        for k in range(100):
-            write(f"{l0}/ren{i}/src/sub/f{k:03}", blob(256))
-        for k in range(N_RENAME - n0):
-            write(f"{l1}/ren{i}/src/g{k:04}", blob(rng.randint(64, 4096)))
-        for j in range(N_RM_DIRS):
-            for k in range(N_RM_L0):
-                write(f"{l0}/rm{i}/d{j}/f{k:03}", blob(rng.randint(64, 4096)))
-            for k in range(N_RM_L1):
-                write(f"{l1}/rm{i}/d{j}/g{k:03}", blob(rng.randint(64, 4096)))
-            whiteout(f"{l1}/rm{i}/d{j}/f000")
-        for k in range(N_CHMOD):
-            write(f"{l0}/chm{i}/f{k:04}", blob(1024))
-    # Hard-linked lower files (a store that dedups by links): two names each.
-    for k in range(N_HARDLINKED):
-        write(f"{l0}/hl/f{k:04}", blob(512))
-        os.makedirs(f"{l0}/hl2", exist_ok=True)
-        os.link(f"{l0}/hl/f{k:04}", f"{l0}/hl2/f{k:04}")
-    return [l2, l1, l0]  # top first
-
-
 # ---------------------------------------------------------------- processes
-
-
-def run(cmd, check=True, **kw):
-    return subprocess.run(
-        cmd, check=check, timeout=CMD_TIMEOUT, stdin=subprocess.DEVNULL, **kw
-    )
 
 
 def mountpoints():
@@ -188,15 +89,26 @@ def daemon_pid(program, mnt):
     return found[0]
 
 
-def vm_hwm_kib(pid):
+def status_kib(pid, field):
+    """A KiB field of /proc/PID/status (VmHWM, VmRSS), or None."""
+    if not pid:
+        return None
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
     return None
+
+
+def vm_hwm_kib(pid):
+    return status_kib(pid, "VmHWM")
+
+
+def vm_rss_kib(pid):
+    return status_kib(pid, "VmRSS")
 
 
 def wait_pid(pid, timeout=20.0):
@@ -219,6 +131,30 @@ def wait_pid(pid, timeout=20.0):
     return False
 
 
+def in_children(jobs):
+    """Each callable in a forked child of its own, all at once; raises if
+    any failed (after all of them ended)."""
+    pids = []
+    for job in jobs:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the bench
+            code = 1
+            try:
+                job()
+                code = 0
+            except BaseException as e:
+                print(f"bench: setup: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    failed = 0
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        failed += not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
+    if failed:
+        raise RuntimeError(f"{failed} of {len(jobs)} setup jobs failed")
+
+
 def drop_caches():
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
@@ -229,14 +165,13 @@ def drop_caches():
 
 
 class Mount:
-    """One mount under test: an implementation, rw or ro, on its own copy."""
+    """One mount under test: an implementation, rw or ro, on its own copy
+    (base/LAYER for each name of `layers`, top first)."""
 
-    def __init__(self, bench, impl, mode, base):
+    def __init__(self, bench, impl, mode, base, layers=("l2", "l1", "l0")):
         self.bench, self.impl, self.mode, self.base = bench, impl, mode, base
         self.mnt = os.path.join(base, "mnt")
-        self.lowers = [os.path.join(base, f"l{i}") for i in (2, 1, 0)]
-        self.upper = os.path.join(base, "upper")
-        self.work = os.path.join(base, "work")
+        self.layers = list(layers)
         self.pid = None
         self.hwm = 0  # peak VmHWM over this variant's daemons, KiB
         self.mounted = False
@@ -245,14 +180,17 @@ class Mount:
     def label(self):
         return f"{self.impl}-{self.mode}"
 
-    def options(self):
-        o = "lowerdir=" + ":".join(self.lowers)
+    def options(self, relative):
+        """Relative to base (the kernel's mount options must fit a page:
+        128 absolute lower paths do not), or absolute."""
+        at = (lambda p: p) if relative else (lambda p: os.path.join(self.base, p))
+        o = "lowerdir=" + ":".join(at(p) for p in self.layers)
         if self.mode == "rw":
-            o += f",upperdir={self.upper},workdir={self.work}"
+            o += f",upperdir={at('upper')},workdir={at('work')}"
         return o
 
     def mount(self):
-        o = self.options()
+        o = self.options(relative=self.impl == "kernel")
         if self.impl == "kernel":
             if self.mode == "rw":
                 o += ",redirect_dir=on,index=on"
@@ -265,7 +203,7 @@ class Mount:
             cmd = [self.bench.bin, "mount", "-o", o, self.mnt]
             if os.environ.get("BENCH_LAYERFS_THREADS"):  # FUSE worker threads
                 cmd[2:2] = ["--threads", os.environ["BENCH_LAYERFS_THREADS"]]
-        r = run(cmd, check=False, capture_output=True, text=True)
+        r = run(cmd, check=False, capture_output=True, text=True, cwd=self.base)
         # Record it as ours before anything else can fail.
         if self.mnt in mountpoints():
             self.mounted = True
@@ -325,152 +263,11 @@ class Mount:
         self.mount()
 
 
-# ---------------------------------------------------------------- workloads
-
-
-def sh(cmd):
-    """Run a bash snippet; its wall time and stdout."""
-    t0 = time.perf_counter()
-    r = run(["bash", "-c", cmd], capture_output=True, text=True, check=False)
-    dt = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise RuntimeError(f"`{cmd}` failed ({r.returncode}): {r.stderr.strip()[:300]}")
-    return dt, r.stdout
-
-
-def w_stat_all(m, rep):
-    return sh(f"find {m.mnt}/tree -printf '%s %m\\n' | wc -l")
-
-
-def w_read_small(m, rep):
-    return sh(f"find {m.mnt}/tree -type f -exec cat {{}} + | wc -c")
-
-
-def w_read_big(m, rep):
-    return sh(f"dd if={m.mnt}/big/blob of=/dev/null bs=1M status=none")
-
-
-def w_copyup_small(m, rep):
-    return sh(f'for f in {m.mnt}/cu{rep}/*; do printf x >> "$f"; done')
-
-
-def w_copyup_big(m, rep):
-    return sh(f"printf x >> {m.mnt}/cubig{rep}/blob")
-
-
-def w_create(m, rep):
-    return sh(
-        f"d={m.mnt}/new{rep}; mkdir $d; data=$(printf '%4096s' ''); "
-        f"for j in {{1..{N_CREATE_DIRS}}}; do mkdir $d/$j; "
-        f"for k in {{1..{N_CREATE_FILES}}}; do printf '%s' \"$data\" > $d/$j/$k; done; done"
-    )
-
-
-def w_rename(m, rep):
-    # rename(2) itself: mv would fall back to copying on EXDEV.
-    src, dst = f"{m.mnt}/ren{rep}/src", f"{m.mnt}/ren{rep}/dst"
-    os.stat(src)  # the lookup is not what we time
-    t0 = time.perf_counter()
-    try:
-        os.rename(src, dst)
-    except OSError as e:
-        return (errno.errorcode.get(e.errno, str(e.errno)), "")
-    return time.perf_counter() - t0, ""
-
-
-def w_rm(m, rep):
-    return sh(f"rm -rf {m.mnt}/rm{rep}")
-
-
-def timed(fn):
-    """Time a call in-process; (seconds, its output)."""
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
-
-
-def w_create_many(m, rep):
-    d = f"{m.mnt}/cw{rep}"
-    os.mkdir(d)  # upper-only: no lower holds it
-    data = b"x" * 4096
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-
-    def go():
-        for k in range(N_CW):
-            fd = os.open(f"{d}/f{k:04}", flags, 0o644)
-            os.write(fd, data)
-            os.close(fd)
-        return str(len(os.listdir(d)))
-
-    return timed(go)
-
-
-def w_unlink_many(m, rep):
-    d = f"{m.mnt}/cw{rep}"
-    names = [f"{d}/f{k:04}" for k in range(N_CW)]
-
-    def go():
-        for n in names:
-            os.unlink(n)
-        return str(len(os.listdir(d)))
-
-    return timed(go)
-
-
-def w_untar(m, rep):
-    return sh(f"mkdir {m.mnt}/untar{rep} && tar -xf {m.bench.rootfs_tar} -C {m.mnt}/untar{rep}")
-
-
-def w_rm_untarred(m, rep):
-    return sh(f"rm -rf {m.mnt}/untar{rep}")
-
-
-def w_chmod_lower(m, rep):
-    names = [f"{m.mnt}/chm{rep}/f{k:04}" for k in range(N_CHMOD)]
-
-    def go():
-        for n in names:
-            os.chmod(n, 0o600)
-        return ""
-
-    return timed(go)
-
-
-def w_stat_hardlinked(m, rep):
-    names = [f"{m.mnt}/hl/f{k:04}" for k in range(N_HARDLINKED)]
-
-    def go():
-        for n in names:
-            os.lstat(n)
-        return ""
-
-    return timed(go)
-
-
-# name, function, cold (fresh mount + dropped caches before each run), modes
-WORKLOADS = [
-    ("stat every entry, cold", w_stat_all, True, ("rw", "ro")),
-    ("stat every entry, warm", w_stat_all, False, ("rw", "ro")),
-    ("read small files, cold", w_read_small, True, ("rw", "ro")),
-    ("read small files, warm", w_read_small, False, ("rw", "ro")),
-    ("read 64 MiB file, cold", w_read_big, True, ("rw", "ro")),
-    ("read 64 MiB file, warm", w_read_big, False, ("rw", "ro")),
-    (f"copy-up: append to {N_COPYUP} files", w_copyup_small, False, ("rw",)),
-    ("copy-up: append to 32 MiB file", w_copyup_big, False, ("rw",)),
-    (f"create {N_CREATE_DIRS * N_CREATE_FILES} x 4 KiB files", w_create, False, ("rw",)),
-    (f"rename lower dir ({N_RENAME} entries)", w_rename, False, ("rw",)),
-    (f"rm -rf lower tree ({N_RM_DIRS * (N_RM_L0 + N_RM_L1)} files)", w_rm, False, ("rw",)),
-    (f"create+write 4 KiB+close, {N_CW} files", w_create_many, False, ("rw",)),
-    (f"unlink those {N_CW} files", w_unlink_many, False, ("rw",)),
-    ("untar a rootfs-like tree", w_untar, False, ("rw",)),
-    ("rm -rf of it", w_rm_untarred, False, ("rw",)),
-    (f"chmod of {N_CHMOD} lower files", w_chmod_lower, False, ("rw",)),
-    (f"stat {N_HARDLINKED} hard-linked lower files, warm", w_stat_hardlinked, False, ("rw", "ro")),
-]
 # BENCH_ONLY=REGEX runs only the workloads whose name matches (quick checks).
-if os.environ.get("BENCH_ONLY"):
-    WORKLOADS = [w for w in WORKLOADS if re.search(os.environ["BENCH_ONLY"], w[0])]
-WARMED = (w_stat_all, w_read_small, w_read_big, w_stat_hardlinked)
+ONLY = os.environ.get("BENCH_ONLY")
+if ONLY:
+    WORKLOADS = [w for w in WORKLOADS if re.search(ONLY, w.name)]
+RUN_MEMORY = not ONLY or re.search(ONLY, MEMORY)
 
 
 # ---------------------------------------------------------------- the run
@@ -508,7 +305,10 @@ class Bench:
         self.bin = binary
         self.reps = reps
         self.tmp = None
-        self.mounts = []
+        self.mounts = []  # on l2:l1:l0
+        self.mounts128 = []  # on the 128-layer stacks
+        self.need_wide = RUN_MEMORY or any(w.fn in USE_WIDE for w in WORKLOADS)
+        self.need_s128 = any(w.stack == "s128" for w in WORKLOADS)
         self.fuse_overlayfs = shutil.which("fuse-overlayfs")
         # fuse-overlayfs 2.0 (the Rust rewrite), built once with
         # `cargo install fuse-overlayfs --version 2.0.0 --root FO2_ROOT`.
@@ -530,8 +330,9 @@ class Bench:
         have = {"fuse-overlayfs": self.fuse_overlayfs, "fuse-overlayfs-2": self.fuse_overlayfs2}
         impls = [i for i in IMPLS if have.get(i, True)]
         variants = [(i, "rw") for i in impls] + [("kernel", "ro"), ("layerfs", "ro")]
-        for impl, mode in variants:
-            base = os.path.join(self.tmp, f"{impl}-{mode}")
+        t_copy = time.perf_counter()
+
+        def copy(base, mode):
             os.makedirs(base)
             for layer in ("l0", "l1", "l2"):
                 if mode == "rw":
@@ -543,65 +344,138 @@ class Bench:
                         src = os.path.join(stack, layer, sub)
                         if os.path.lexists(src):
                             run(["cp", "-a", src, os.path.join(base, layer)])
-            os.mkdir(os.path.join(base, "mnt"))
-            if mode == "rw":
-                os.mkdir(os.path.join(base, "upper"))
-                os.mkdir(os.path.join(base, "work"))
+            if mode == "rw" and self.need_wide:  # built again for each: no shared inodes
+                make_wide([os.path.join(base, layer) for layer in ("l0", "l1", "l2")])
+
+        jobs = []
+        for impl, mode in variants:
+            base = os.path.join(self.tmp, f"{impl}-{mode}")
+            jobs.append(lambda base=base, mode=mode: copy(base, mode))
             self.mounts.append(Mount(self, impl, mode, base))
+            if self.need_s128:
+                base128 = os.path.join(self.tmp, f"s128-{impl}-{mode}")
+                jobs.append(lambda base128=base128: make_stack128(base128))
+                self.mounts128.append(Mount(self, impl, mode, base128, layers128()))
+        in_children(jobs)  # each variant at once: the disk waits overlap
+        t_copy = time.perf_counter() - t_copy
+        for m in self.mounts + self.mounts128:
+            os.mkdir(m.mnt)
+            if m.mode == "rw":
+                os.mkdir(os.path.join(m.base, "upper"))
+                os.mkdir(os.path.join(m.base, "work"))
         shutil.rmtree(stack)
         log(f"stack built and copied {len(self.mounts)}x in {time.perf_counter() - t0:.1f}s "
-            f"under {self.tmp}")
+            f"(the copies {t_copy:.1f}s) under {self.tmp}"
+            + (f" (with wide/, {N_WIDE} entries, in the rw ones)" if self.need_wide else "")
+            + (f"; {len(self.mounts128)} stacks of 128 layers" if self.need_s128 else ""))
         t0 = time.perf_counter()
-        for m in self.mounts:
+        for m in self.mounts + self.mounts128:
             m.mount()
-        self.check_same_trees()
+        self.check_same_trees(self.mounts)
+        if self.mounts128:
+            self.check_same_trees(self.mounts128)
         log(f"mounted and compared in {time.perf_counter() - t0:.1f}s")
 
-    def check_same_trees(self):
-        """Every mount must show the same tree, or the numbers mean nothing."""
+    def check_same_trees(self, mounts):
+        """Every mount must show the same tree, or the numbers mean nothing.
+        wide/ by its names only (a stat of 100 000 entries per mount would
+        cost more than the rest of the setup; its rows compare counts)."""
         listings = {}
-        for m in self.mounts:
-            _, out = sh(f"cd {m.mnt} && find . -printf '%y %s %p\\n' | LC_ALL=C sort | md5sum")
-            listings.setdefault(m.mode, {}).setdefault(out.split()[0], []).append(m.label)
+        count = {}
+        for m in mounts:
+            # (find's status is not checked: the kernel lists the whiteouts
+            # of tree/d03/e05, opaque in the top lower layer and so not
+            # merged, and its lstat of them fails with ENOENT.)
+            _, out = sh(f"cd {m.mnt} && {{ find . -path ./wide -prune -o -printf '%y %s %p\\n'; "
+                        f"if [ -d wide ]; then ls -f wide | sed 's|^|wide/|'; fi; }} 2>/dev/null")
+            lines = sorted(out.splitlines())
+            digest = hashlib.md5("\n".join(lines).encode()).hexdigest()
+            listings.setdefault(m.mode, {}).setdefault(digest, []).append(m.label)
+            count[m.label] = len(lines)
         for mode, sums in listings.items():
             if len(sums) != 1:
                 log(f"bench: WARNING: the {mode} mounts show different trees: {list(sums.values())}")
-        _, n = sh(f"find {self.mounts[0].mnt} | wc -l")
-        _, nf = sh(f"find {self.mounts[0].mnt}/tree -type f | wc -l")
-        log(f"each mount shows {n.strip()} entries ({nf.strip()} small files under tree/); "
-            f"identical trees: {'yes' if all(len(s) == 1 for s in listings.values()) else 'NO'}")
+        same = "yes" if all(len(s) == 1 for s in listings.values()) else "NO"
+        what = "128-layer mount" if mounts is self.mounts128 else "mount"
+        log(f"each {what} shows {count[mounts[0].label]} entries ({mounts[0].label}); "
+            f"identical trees: {same}")
 
     def measure(self):
-        results = {}  # (workload, label) -> [seconds or error name]
+        results = {}  # (row, label) -> [seconds or error name]
         outputs = {}  # (workload, mode) -> {label: stdout} (sanity check)
-        for w_i, (name, fn, cold, modes) in enumerate(WORKLOADS):
+        for w_i, w in enumerate(WORKLOADS):
             t_w = time.perf_counter()
-            ms = [m for m in self.mounts if m.mode in modes]
-            if not cold:
-                for m in ms:  # warm-up run, for the read workloads
-                    if fn in WARMED:
-                        fn(m, 0)
+            mounts = self.mounts128 if w.stack == "s128" else self.mounts
+            ms = [m for m in mounts if m.mode in w.modes]
+            if w.when in ("warm", "fresh"):
+                for m in ms:  # an untimed run: caches filled
+                    w.fn(m, 0)
             for rep in range(self.reps):
                 # Rotate the order so no implementation always goes first.
                 order = ms[rep % len(ms) :] + ms[: rep % len(ms)]
                 for m in order:
-                    if cold:
+                    if w.when in ("cold", "fresh"):
                         m.remount()
+                    if w.when == "cold":
                         drop_caches()
-                    dt, out = fn(m, rep)
-                    results.setdefault((name, m.label), []).append(dt)
-                    outputs.setdefault((name, m.mode), {})[m.label] = out.strip()
+                    dt, out, *side = w.fn(m, rep)
+                    results.setdefault((w.name, m.label), []).append(dt)
+                    for row, v in (side[0] if side else {}).items():
+                        results.setdefault((row, m.label), []).append(v)
+                    outputs.setdefault((w.name, m.mode), {})[m.label] = out.strip()
                     m.sample_hwm()
             for (wname, mode), outs in outputs.items():
-                if wname == name and len(set(outs.values())) > 1:
-                    log(f"bench: WARNING: {name} [{mode}]: outputs differ: {outs}")
-            log(f"  [{w_i + 1}/{len(WORKLOADS)}] {name}: {time.perf_counter() - t_w:.1f}s")
+                if wname == w.name and len(set(outs.values())) > 1:
+                    log(f"bench: WARNING: {w.name} [{mode}]: outputs differ: {outs}")
+            log(f"  [{w_i + 1}/{len(WORKLOADS)}] {w.name}: {time.perf_counter() - t_w:.1f}s")
         return results
+
+    def memory(self):
+        """Daemon RSS per inode the kernel looked up: a fresh mount (the
+        lower layers still in the kernel's caches: the walk is quick), a
+        stat of every entry of wide/, then `echo 2 > drop_caches` (the
+        kernel forgets those dentries and inodes and sends FORGET), then the
+        same walk again (does the daemon reuse what it freed?). Lines of text."""
+        lines = []
+        walk = "find {}/wide -printf '%s %m\\n' | wc -l"
+        for m in self.mounts:
+            if m.mode != "rw" or m.impl == "kernel":
+                continue
+            m.remount()
+            before = vm_rss_kib(m.pid)
+            _, n = sh(walk.format(m.mnt))
+            n = int(n)
+            after = vm_rss_kib(m.pid)
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("2\n")
+            # FORGETs arrive asynchronously: wait until RSS stops falling.
+            forgot, t_end = vm_rss_kib(m.pid), time.monotonic() + 5
+            while time.monotonic() < t_end:
+                time.sleep(0.5)
+                now = vm_rss_kib(m.pid)
+                if now is None or forgot is None or now >= forgot:
+                    break
+                forgot = now
+            sh(walk.format(m.mnt))
+            again = vm_rss_kib(m.pid)
+            m.sample_hwm()
+            if None in (before, after, forgot, again):
+                lines.append(f"{m.label}: daemon RSS unknown")
+                continue
+
+            def per(kib):
+                return f"{kib / 1024:.1f} MiB, {(kib - before) / n:.2f} KiB per inode"
+
+            lines.append(
+                f"{m.label} daemon RSS over {n} lookups in wide/: {before / 1024:.1f} MiB "
+                f"on a fresh mount; after the walk {per(after)}; after drop_caches 2 "
+                f"{per(forgot)}; after the same walk again {per(again)}")
+        return lines
 
     def cleanup(self):
         t0 = time.perf_counter()
         ok = True
-        for m in reversed(self.mounts):
+        for m in reversed(self.mounts + self.mounts128):
             try:
                 ok = m.umount() and ok
             except Exception as e:  # keep going: every mount must go
@@ -625,6 +499,14 @@ class Bench:
             if os.environ.get("BENCH_KEEP_TMP") == "1":
                 log(f"bench: kept {self.tmp}")
             else:
+                # One rm per variant at once: after drop_caches most of
+                # these inodes are read from disk again, so waiting on the
+                # disk in parallel is the quicker way.
+                rms = [subprocess.Popen(["rm", "-rf", "--one-file-system",
+                                         os.path.join(self.tmp, e)], stdin=subprocess.DEVNULL)
+                       for e in os.listdir(self.tmp)]
+                for p in rms:
+                    p.wait()
                 run(["rm", "-rf", "--one-file-system", self.tmp], check=False)
         return ok
 
@@ -652,14 +534,22 @@ def ratio(a, b):
     return f"{a / b:.2f}"
 
 
-def report(bench, results):
+def report(bench, results, memory_lines):
     rows = []
-    for name, _, _, modes in WORKLOADS:
-        for mode in modes:
+    scaling = []  # summary lines: 2*T1/T2 per implementation
+    for w in WORKLOADS:
+        for name, mode in [(w.side, m) for m in w.modes if w.side] + [(w.name, m) for m in w.modes]:
             med = {}
             for impl in IMPLS:
                 vals = results.get((name, f"{impl}-{mode}"))
                 med[impl] = median(vals) if vals else None
+            if name == w.name and w.side:
+                t1 = {i: median(results[(w.side, f"{i}-{mode}")])
+                      for i in IMPLS if (w.side, f"{i}-{mode}") in results}
+                ro = " [ro]" if mode == "ro" else ""
+                scaling.append(f"scaling, 2*T1/T2 of \"{w.name}\"{ro}: " + ", ".join(
+                    f"{i} {2 * t1[i] / med[i]:.2f}" for i in IMPLS
+                    if isinstance(t1.get(i), float) and isinstance(med[i], float)))
             label = name if mode == "rw" else f"{name} [ro]"
             rows.append([
                 label,
@@ -686,6 +576,8 @@ def report(bench, results):
     for r in rows:
         log(line(r))
     log("")
+    for s in scaling + memory_lines:
+        log(s)
     for m in bench.mounts:
         if m.impl != "kernel":
             log(f"peak RSS (VmHWM) of the {m.label} daemon: "
@@ -744,7 +636,8 @@ def main():
     try:
         bench.setup()
         results = bench.measure()
-        report(bench, results)
+        memory_lines = bench.memory() if RUN_MEMORY else []
+        report(bench, results, memory_lines)
     except (Exception, KeyboardInterrupt) as e:
         log(f"bench: {type(e).__name__}: {e}")
         status = 1
