@@ -40,6 +40,9 @@ const LOWER_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The longest name any layer's filesystem takes (the kernel's NAME_MAX).
 const NAME_MAX: usize = 255;
 
+/// Give freed memory back to the system after this many nodes are freed.
+const RETURN_MEMORY_EVERY: u64 = 4096;
+
 /// What an open handle holds.
 enum Handle {
     /// The listing as it was at opendir: offsets stay valid for the
@@ -71,6 +74,8 @@ pub struct LayerFs {
     /// Mutations are serialised: each touches a few listings and nodes
     /// that must change together. Reads never take it.
     write_lock: Mutex<()>,
+    /// Nodes freed by FORGET so far (see `forget`).
+    nodes_freed: AtomicU64,
     /// Tells the kernel to drop what it cached, once the session exists.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     /// Owners and modes as container engines want them shown.
@@ -93,6 +98,7 @@ impl LayerFs {
             handles: DashMap::new(),
             next_handle: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
+            nodes_freed: AtomicU64::new(0),
             write_lock: Mutex::new(()),
             notifier: Arc::default(),
             view: view::AttrView::default(),
@@ -336,7 +342,15 @@ impl Filesystem for LayerFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.nodes.forget(ino.0, nlookup);
+        if self.nodes.forget(ino.0, nlookup) {
+            // The allocator keeps what was freed for later use; when the
+            // kernel forgets many nodes (memory pressure, drop_caches),
+            // give the memory back.
+            let freed = self.nodes_freed.fetch_add(1, Ordering::Relaxed) + 1;
+            if freed % RETURN_MEMORY_EVERY == 0 {
+                crate::layers::sys::return_free_memory();
+            }
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

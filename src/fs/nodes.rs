@@ -294,16 +294,18 @@ impl NodeTable {
         node.lookups.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The kernel dropped `n` references.
-    pub fn forget(&self, ino: u64, n: u64) {
+    /// The kernel dropped `n` references; whether that freed the node.
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
         if let Entry::Occupied(o) = self.nodes.entry(ino) {
             let before = o.get().lookups.load(Ordering::Relaxed);
             let after = before.saturating_sub(n);
             o.get().lookups.store(after, Ordering::Relaxed);
             if after == 0 {
                 o.remove();
+                return true;
             }
         }
+        false
     }
 
     /// After directories moved from `old` to `new` in the union (the
