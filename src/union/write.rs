@@ -36,6 +36,16 @@ pub struct AttrChange {
     pub mtime: Option<(i64, i64)>,
 }
 
+/// What a copy-up is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyUp {
+    /// The data will change (open for write, truncate): copy it.
+    Data,
+    /// Only metadata will (chmod, chown, utimes, xattrs, link, rename):
+    /// with `metacopy=on`, a regular file is copied without its data.
+    Metadata,
+}
+
 /// The two names of a rename, checked (see [`LayerStack::check_rename`]).
 #[derive(Debug)]
 pub struct RenameCheck {
@@ -68,10 +78,19 @@ impl LayerStack {
 
     /// Copy a lower object up into the upper (its parent must be there
     /// already) and update the parent's listing. The inode number stays.
-    pub fn copy_up(&self, obj: &Resolved, parent_listing: &mut Listing) -> Result<Resolved> {
+    /// For data, a metacopy file already up gets its data (in place).
+    pub fn copy_up(
+        &self,
+        obj: &Resolved,
+        parent_listing: &mut Listing,
+        how: CopyUp,
+    ) -> Result<Resolved> {
         let upper = self.upper_layer("copy up", &obj.path)?;
         if obj.layer == 0 {
-            return Ok(obj.clone());
+            return match how {
+                CopyUp::Data => self.copy_up_data(obj),
+                CopyUp::Metadata => Ok(obj.clone()),
+            };
         }
         let (parent, name) = obj.upath.split();
         let dir = self.upper_dir("copy up", &parent)?;
@@ -83,6 +102,7 @@ impl LayerStack {
         } else {
             None
         };
+        let metacopy = how == CopyUp::Metadata && self.writes_metacopy(obj.kind);
         let stat = upper
             .copy_up(
                 src,
@@ -91,9 +111,24 @@ impl LayerStack {
                 std::os::fd::AsFd::as_fd(&dir),
                 name,
                 index_key.as_ref(),
+                metacopy,
             )
             .map_err(|e| Error::io(e, "copy up", super::layer_display(src, &obj.path)))?;
         let mut copied = obj.clone();
+        // Where its data is now: below, for a metacopy copy (or an index
+        // copy an earlier name made as one).
+        match &index_key {
+            _ if obj.layer == super::INDEX_LAYER => {}
+            Some(key) => copied.data = self.index_data(key, obj.layer, &obj.path, &obj.stat)?,
+            None if metacopy => {
+                copied.data = Some(super::LowerData {
+                    layer: obj.layer,
+                    path: obj.path.clone(),
+                    stat: obj.stat,
+                })
+            }
+            None => {}
+        }
         copied.index_key = index_key;
         copied.layer = 0;
         copied.path = obj.upath.clone();
@@ -104,6 +139,10 @@ impl LayerStack {
         if let Some(child) = parent_listing.get_mut(name) {
             child.layer = 0;
             child.lower = true;
+        }
+        if how == CopyUp::Data && copied.data.is_some() {
+            // An index copy made without its data: it gets it now.
+            return self.copy_up_data(&copied);
         }
         Ok(copied)
     }
@@ -195,6 +234,7 @@ impl LayerStack {
                 lower_path,
             }),
             index_key: None,
+            data: None,
         };
         Ok((created, fd))
     }
@@ -258,7 +298,7 @@ impl LayerStack {
         let src = self.layer(r.layer);
         let key = upper.index().key(src, &r.path, &r.stat);
         upper
-            .ensure_indexed(src, &r.path, &r.stat, &key)
+            .ensure_indexed(src, &r.path, &r.stat, &key, self.writes_metacopy(r.kind))
             .map_err(|e| Error::io(e, op, super::layer_display(src, &r.path)))?;
         Ok(Some(key))
     }
@@ -416,16 +456,7 @@ impl LayerStack {
         if same_dir && lower_parent == pdir.lower_path {
             return Ok(std::os::unix::ffi::OsStrExt::as_bytes(lower_name).to_vec());
         }
-        let mut abs = b"/".to_vec();
-        if !lower.is_root() {
-            abs.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(lower.as_os_str()));
-        }
-        if abs.len() > REDIRECT_MAX {
-            // The kernel's limit (redirect_max): beyond it, it answers EXDEV
-            // and the caller copies the tree instead.
-            return Err(Error::new(libc::EXDEV, "rename", from, "redirect too long"));
-        }
-        Ok(abs)
+        super::metacopy::absolute_redirect(&lower, from)
     }
 
     /// rename(2) inside the union. Both parents and the source (and an
@@ -527,6 +558,12 @@ impl LayerStack {
             upper.set_redirect(sfd, name, r).map_err(io_err)?;
         } else if src.kind == FileKind::Dir && dst_merged {
             upper.mark_opaque(sfd, &cstring(name)?).map_err(io_err)?;
+        } else if src.kind == FileKind::Regular {
+            // A metacopy file keeps finding its data (metacopy=on).
+            let pdir = parent_dir(src_parent, "rename")?;
+            if let Some(r) = self.metacopy_redirect(pdir, name, !same_dir)? {
+                upper.set_redirect(sfd, name, &r).map_err(io_err)?;
+            }
         }
         if let Some(t) = target
             .as_ref()
@@ -537,6 +574,15 @@ impl LayerStack {
                 upper.set_redirect(dfd, newname, &r).map_err(io_err)?;
             } else if src_merged {
                 upper.mark_opaque(dfd, &cstring(newname)?).map_err(io_err)?;
+            }
+        }
+        if let Some(t) = target
+            .as_ref()
+            .filter(|t| exchange && t.kind == FileKind::Regular)
+        {
+            let pdir = parent_dir(dst_parent, "rename")?;
+            if let Some(r) = self.metacopy_redirect(pdir, &t.name, !same_dir)? {
+                upper.set_redirect(dfd, newname, &r).map_err(io_err)?;
             }
         }
         let dst_lower = target
@@ -594,10 +640,12 @@ impl LayerStack {
         Ok(())
     }
 
-    /// link(2): a new name in `parent` for the upper object `obj`.
+    /// link(2): a new name in `parent` for the upper object `obj`, whose
+    /// own parent is `obj_parent`.
     pub fn link(
         &self,
         obj: &Resolved,
+        obj_parent: &Resolved,
         parent: &Resolved,
         listing: &mut Listing,
         newname: &OsStr,
@@ -621,6 +669,17 @@ impl LayerStack {
         let whiteout = listing.upper_whiteouts.get(newname).copied();
         let (sparent, sname) = obj.path.split();
         let sdir = self.upper_dir("link", &sparent)?;
+        // A metacopy file's names may be in other directories: each finds
+        // its data through an absolute redirect (the kernel's
+        // ovl_set_link_redirect).
+        if obj.data.is_some() && obj.layer == 0 {
+            let pdir = parent_dir(obj_parent, "link")?;
+            if let Some(r) = self.metacopy_redirect(pdir, sname, true)? {
+                upper
+                    .set_redirect(std::os::fd::AsFd::as_fd(&sdir), sname, &r)
+                    .map_err(|e| Error::io(e, "link", &obj.path))?;
+            }
+        }
         let ddir = self.upper_dir("link", &parent.path)?;
         let stat = upper
             .link(
@@ -743,9 +802,6 @@ pub fn xattr_op(value: Option<&[u8]>) -> &'static str {
         "removexattr"
     }
 }
-
-/// The longest redirect written, as the kernel's default `redirect_max`.
-const REDIRECT_MAX: usize = 256;
 
 fn parent_dir<'a>(parent: &'a Resolved, op: &'static str) -> Result<&'a MergedDir> {
     parent
