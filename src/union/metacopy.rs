@@ -8,11 +8,22 @@
 //! change of data copies the data into the upper file in place.
 
 use std::ffi::OsStr;
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 
 use super::{LayerIdx, LayerStack, MergedDir, Resolved, layer_display};
 use crate::error::{Error, Result};
 use crate::layers::{FileKind, Probe, RelPath, Stat};
+
+/// What a copy-up is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyUp {
+    /// The data will change (open for write, truncate): copy it.
+    Data,
+    /// Only metadata will (chmod, chown, utimes, xattrs, link, rename):
+    /// with `metacopy=on`, a regular file is copied without its data.
+    Metadata,
+}
 
 /// Where the data of a metacopy file is.
 #[derive(Debug, Clone)]
@@ -236,13 +247,38 @@ impl LayerStack {
         Ok(copied)
     }
 
+    /// Give the upper file `name` of `parent` (open at `dir`) the redirect
+    /// it needs before it gets another name, if it is a metacopy file.
+    pub(super) fn redirect_metacopy(
+        &self,
+        parent: &Resolved,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        absolute: bool,
+    ) -> Result<()> {
+        let pdir = parent
+            .dir
+            .as_ref()
+            .ok_or_else(|| Error::errno(libc::ENOTDIR, "rename", &parent.upath))?;
+        let Some(r) = self.metacopy_redirect(pdir, name, absolute)? else {
+            return Ok(());
+        };
+        let upper = self
+            .upper
+            .as_ref()
+            .ok_or_else(|| Error::errno(libc::EROFS, "rename", &parent.upath))?;
+        upper
+            .set_redirect(dir, name, &r)
+            .map_err(|e| Error::io(e, "rename", layer_display(self.layer(0), &pdir.path)))
+    }
+
     /// The redirect the upper file `name` of `pdir` must carry before it
     /// gets another name (rename, or with `absolute`, a hard link or a
     /// move to another directory), if it is a metacopy file: its lower
     /// name, relative when it stays in its directory and the lower file
     /// has one link, else absolute — the kernel's `ovl_set_redirect`. None
     /// when it needs none or the one it has will do.
-    pub(super) fn metacopy_redirect(
+    fn metacopy_redirect(
         &self,
         pdir: &MergedDir,
         name: &OsStr,

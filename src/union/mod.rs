@@ -14,8 +14,8 @@ use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
 pub use inos::InoMap;
-pub use metacopy::LowerData;
-pub use write::{AttrChange, CopyUp, UpperSpec, xattr_op};
+pub use metacopy::{CopyUp, LowerData};
+pub use write::{AttrChange, UpperSpec, xattr_op};
 
 use crate::error::{Error, Result};
 use crate::layers::{DirLookup, FileKind, Layer, RawKind, RelPath, Stat, Upper, WhiteoutFormat};

@@ -10,6 +10,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::path::PathBuf;
 
+use super::metacopy::CopyUp;
 use super::{Child, LayerStack, Listing, MergedDir, Resolved};
 use crate::error::{Error, Result};
 use crate::layers::{FileKind, NewObject, RelPath, Stat, Upper, WhiteoutFormat, upper, whiteout};
@@ -34,16 +35,6 @@ pub struct AttrChange {
     pub size: Option<u64>,
     pub atime: Option<(i64, i64)>,
     pub mtime: Option<(i64, i64)>,
-}
-
-/// What a copy-up is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CopyUp {
-    /// The data will change (open for write, truncate): copy it.
-    Data,
-    /// Only metadata will (chmod, chown, utimes, xattrs, link, rename):
-    /// with `metacopy=on`, a regular file is copied without its data.
-    Metadata,
 }
 
 /// The two names of a rename, checked (see [`LayerStack::check_rename`]).
@@ -559,11 +550,7 @@ impl LayerStack {
         } else if src.kind == FileKind::Dir && dst_merged {
             upper.mark_opaque(sfd, &cstring(name)?).map_err(io_err)?;
         } else if src.kind == FileKind::Regular {
-            // A metacopy file keeps finding its data (metacopy=on).
-            let pdir = parent_dir(src_parent, "rename")?;
-            if let Some(r) = self.metacopy_redirect(pdir, name, !same_dir)? {
-                upper.set_redirect(sfd, name, &r).map_err(io_err)?;
-            }
+            self.redirect_metacopy(src_parent, sfd, name, !same_dir)?;
         }
         if let Some(t) = target
             .as_ref()
@@ -576,14 +563,8 @@ impl LayerStack {
                 upper.mark_opaque(dfd, &cstring(newname)?).map_err(io_err)?;
             }
         }
-        if let Some(t) = target
-            .as_ref()
-            .filter(|t| exchange && t.kind == FileKind::Regular)
-        {
-            let pdir = parent_dir(dst_parent, "rename")?;
-            if let Some(r) = self.metacopy_redirect(pdir, &t.name, !same_dir)? {
-                upper.set_redirect(dfd, newname, &r).map_err(io_err)?;
-            }
+        if exchange && target.as_ref().is_some_and(|t| t.kind == FileKind::Regular) {
+            self.redirect_metacopy(dst_parent, dfd, newname, !same_dir)?;
         }
         let dst_lower = target
             .as_ref()
@@ -670,15 +651,9 @@ impl LayerStack {
         let (sparent, sname) = obj.path.split();
         let sdir = self.upper_dir("link", &sparent)?;
         // A metacopy file's names may be in other directories: each finds
-        // its data through an absolute redirect (the kernel's
-        // ovl_set_link_redirect).
+        // its data through an absolute redirect (ovl_set_link_redirect).
         if obj.data.is_some() && obj.layer == 0 {
-            let pdir = parent_dir(obj_parent, "link")?;
-            if let Some(r) = self.metacopy_redirect(pdir, sname, true)? {
-                upper
-                    .set_redirect(std::os::fd::AsFd::as_fd(&sdir), sname, &r)
-                    .map_err(|e| Error::io(e, "link", &obj.path))?;
-            }
+            self.redirect_metacopy(obj_parent, std::os::fd::AsFd::as_fd(&sdir), sname, true)?;
         }
         let ddir = self.upper_dir("link", &parent.path)?;
         let stat = upper
