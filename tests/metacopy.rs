@@ -12,6 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -425,4 +426,66 @@ fn data_changes_and_metacopy_off_copy_the_data() {
         &off.upper.join("big"),
         "trusted.overlay.metacopy"
     ));
+}
+
+/// An upper with metacopy files stacked as a lower layer (a committed
+/// layer under a new container): with metacopy=on its metacopy files read
+/// the data below them, as in the kernel; a chmod copies one up as a
+/// metacopy file again, a write copies the data from the bottom layer.
+#[test]
+fn metacopy_files_in_a_lower_layer_read_the_data_below() {
+    let s = Setup::new("mc-restack-");
+    let m = s.layerfs("metacopy=on");
+    change_metadata(m.path());
+    m.unmount().assert_clean();
+    let top = s._dir.path().join("top");
+    step("rename upper", fs::rename(&s.upper, &top));
+    let (upper, work) = (s._dir.path().join("upper2"), s._dir.path().join("work2"));
+    for d in [&upper, &work] {
+        step("mkdir", fs::create_dir(d));
+    }
+    let layers = [top, s.lower.clone()];
+    let opts = |extra: &str| format!("{},{extra}", uw(&upper, &work));
+
+    let k = KernelOverlay::mount(&layers, &opts(KERNEL_OPTS));
+    let kernel_tree = snapshot(k.path());
+    drop(k);
+    step("clear the work dir", fs::remove_dir_all(&work));
+    step("mkdir work2", fs::create_dir(&work));
+    let m = LayerfsMount::mount(&layers, &opts("metacopy=on"));
+    same_tree(
+        "layerfs over a metacopy lower",
+        &kernel_tree,
+        &snapshot(m.path()),
+        true,
+    );
+    step(
+        "chmod e/moved",
+        fs::set_permissions(m.path().join("e/moved"), fs::Permissions::from_mode(0o640)),
+    );
+    let f = step(
+        "open big for append",
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.path().join("big")),
+    );
+    step("append to big", (&f).write_all(b"appended"));
+    drop(f);
+    let shown = snapshot(m.path());
+    m.unmount().assert_clean();
+    assert!(has_xattr(
+        &upper.join("e/moved"),
+        "trusted.overlay.metacopy"
+    ));
+    let mut want = big_data();
+    want.extend_from_slice(b"appended");
+    assert_eq!(step("read upper2/big", fs::read(upper.join("big"))), want);
+
+    let k = KernelOverlay::mount(&layers, &opts(KERNEL_OPTS));
+    same_tree(
+        "the kernel reading it back",
+        &shown,
+        &snapshot(k.path()),
+        true,
+    );
 }

@@ -96,15 +96,18 @@ impl LayerStack {
         })
     }
 
-    /// The layers below the upper holding the directory at `path` as a
+    /// The layers from `first` down holding the directory at `path` as a
     /// walk from their roots finds it (an absolute redirect's target),
     /// each with where it is in that layer.
-    pub(super) fn dirs_from_root(&self, path: &RelPath) -> Result<Vec<(LayerIdx, RelPath)>> {
+    pub(super) fn dirs_from_root(
+        &self,
+        path: &RelPath,
+        first: LayerIdx,
+    ) -> Result<Vec<(LayerIdx, RelPath)>> {
         let mut search = Search {
             name: Name::FromRoot(path.clone()),
             stop: false,
         };
-        let first = LayerIdx::from(self.upper.is_some());
         let mut found = Vec::new();
         for idx in first..self.layers.len() as LayerIdx {
             let Name::FromRoot(p) = search.name.clone() else {

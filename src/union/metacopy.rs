@@ -66,16 +66,18 @@ impl LayerStack {
             && self.upper.as_ref().is_some_and(|u| u.writes_metacopy())
     }
 
-    /// The data of the upper regular file `path` (the entry `name` of
-    /// `parent`), if it is a metacopy file. Without `metacopy=on` such a
-    /// file is refused (EPERM), as the kernel refuses to follow it.
+    /// The data of the regular file `path` of layer `from` (the entry
+    /// `name` of `parent`), if it is a metacopy file. Without
+    /// `metacopy=on` such a file is refused (EPERM), as the kernel refuses
+    /// to follow it.
     pub(super) fn metacopy_data(
         &self,
         parent: &MergedDir,
         name: &OsStr,
+        from: LayerIdx,
         path: &RelPath,
     ) -> Result<Option<LowerData>> {
-        let layer = self.layer(0);
+        let layer = self.layer(from);
         let shown = || layer_display(layer, path);
         let marks = layer
             .file_marks(path)
@@ -99,7 +101,7 @@ impl LayerStack {
                 "refusing to follow a redirect (redirect_dir=nofollow)",
             ));
         }
-        match self.find_data(parent, name, marks.redirect.as_deref(), path)? {
+        match self.find_data(parent, name, marks.redirect.as_deref(), from, path)? {
             Some(d) => Ok(Some(d)),
             None => Err(Error::new(
                 libc::EIO,
@@ -142,88 +144,107 @@ impl LayerStack {
         }))
     }
 
-    /// The lower regular file below the upper file `name` of `parent`:
-    /// looked up as `redirect` says (or by its own name) in the layers
-    /// below the upper. A whiteout or another kind of object there means
-    /// no data (None).
+    /// The regular file holding the data of the metacopy file `name` of
+    /// `parent` (at `at` in layer `from`): looked up as `redirect` says
+    /// (or by its own name) in the layers below `from`. A metacopy file
+    /// met on the way (an old upper stacked as a lower) is passed, its
+    /// redirect followed, as `ovl_lookup` does. A whiteout or another kind
+    /// of object means no data (None).
     fn find_data(
         &self,
         parent: &MergedDir,
         name: &OsStr,
         redirect: Option<&[u8]>,
+        from: LayerIdx,
         at: &RelPath,
     ) -> Result<Option<LowerData>> {
-        let bad = || {
-            Error::new(
-                libc::EIO,
-                "lookup",
-                layer_display(self.layer(0), at),
-                "bad redirect",
-            )
+        let mut dirs: Vec<(LayerIdx, RelPath)> = if self.shows_lower(parent) {
+            parent
+                .layers
+                .iter()
+                .filter(|(l, _)| *l > from)
+                .map(|(l, _)| (*l, parent.path_in(*l, self.upper.is_some()).clone()))
+                .collect()
+        } else {
+            Vec::new()
         };
-        let (dirs, target): (Vec<(LayerIdx, RelPath)>, &OsStr) = match redirect {
-            Some(abs) if abs.starts_with(b"/") => {
-                let path = RelPath::from_bytes(&abs[1..]).ok_or_else(bad)?;
-                if abs[1..].split(|&b| b == b'/').any(<[u8]>::is_empty) {
-                    return Err(bad());
-                }
-                let (dir, file) = path.split();
-                let file = file.to_os_string();
-                let dirs = self.dirs_from_root(&dir)?;
-                return self.find_in(&dirs, &file);
-            }
-            Some(rel) => {
-                if rel.contains(&b'/') || RelPath::from_bytes(rel).is_none() {
-                    return Err(bad());
-                }
-                (self.lower_dirs(parent), OsStr::from_bytes(rel))
-            }
-            None => (self.lower_dirs(parent), name),
-        };
-        self.find_in(&dirs, target)
-    }
-
-    /// The layers below the upper that merge into `parent`, with its path
-    /// in each (none when its upper directory is opaque).
-    fn lower_dirs(&self, parent: &MergedDir) -> Vec<(LayerIdx, RelPath)> {
-        if !self.shows_lower(parent) {
-            return Vec::new();
+        let mut target = name.to_os_string();
+        if let Some(r) = redirect {
+            self.redirect_search(r, from, at, &mut dirs, &mut target)?;
         }
-        parent
-            .layers
-            .iter()
-            .filter(|(l, _)| *l > 0)
-            .map(|(l, _)| (*l, parent.path_in(*l, self.upper.is_some()).clone()))
-            .collect()
-    }
-
-    /// The first of `dirs` (top first) whose directory holds `name`.
-    fn find_in(&self, dirs: &[(LayerIdx, RelPath)], name: &OsStr) -> Result<Option<LowerData>> {
-        for (l, dir) in dirs {
-            let layer = self.layer(*l);
+        let mut i = 0;
+        while let Some((l, dir)) = dirs.get(i).cloned() {
+            i += 1;
+            let layer = self.layer(l);
             let path = dir
-                .join(name)
-                .map_err(|e| Error::io(e, "lookup", layer_display(layer, dir)))?;
+                .join(&target)
+                .map_err(|e| Error::io(e, "lookup", layer_display(layer, &dir)))?;
             let probe = layer
                 .probe(&path)
                 .map_err(|e| Error::io(e, "lookup", layer_display(layer, &path)))?;
-            match probe {
+            let stat = match probe {
                 Probe::Absent => continue,
                 Probe::Object {
                     kind: FileKind::Regular,
                     stat,
                     ..
-                } => {
-                    return Ok(Some(LowerData {
-                        layer: *l,
-                        path,
-                        stat,
-                    }));
-                }
+                } => stat,
                 Probe::Whiteout | Probe::Object { .. } => return Ok(None),
+            };
+            let marks = layer
+                .file_marks(&path)
+                .map_err(|e| Error::io(e, "lookup", layer_display(layer, &path)))?;
+            if !marks.metacopy {
+                return Ok(Some(LowerData {
+                    layer: l,
+                    path,
+                    stat,
+                }));
+            }
+            if let Some(r) = marks.redirect {
+                dirs.drain(..i);
+                i = 0;
+                self.redirect_search(&r, l, &path, &mut dirs, &mut target)?;
             }
         }
         Ok(None)
+    }
+
+    /// Apply the redirect `r` of the metacopy file `at` in layer `from` to
+    /// where the layers below are asked (`dirs`, top first) and for what
+    /// name (`target`): one name renames it in the same directories, a
+    /// path is walked from the root of every layer below `from`.
+    fn redirect_search(
+        &self,
+        r: &[u8],
+        from: LayerIdx,
+        at: &RelPath,
+        dirs: &mut Vec<(LayerIdx, RelPath)>,
+        target: &mut std::ffi::OsString,
+    ) -> Result<()> {
+        let bad = || {
+            Error::new(
+                libc::EIO,
+                "lookup",
+                layer_display(self.layer(from), at),
+                "bad redirect",
+            )
+        };
+        if let Some(abs) = r.strip_prefix(b"/") {
+            if abs.split(|&b| b == b'/').any(<[u8]>::is_empty) {
+                return Err(bad());
+            }
+            let path = RelPath::from_bytes(abs).ok_or_else(bad)?;
+            let (dir, file) = path.split();
+            *target = file.to_os_string();
+            *dirs = self.dirs_from_root(&dir, from + 1)?;
+        } else {
+            if r.contains(&b'/') || RelPath::from_bytes(r).is_none() {
+                return Err(bad());
+            }
+            *target = OsStr::from_bytes(r).to_os_string();
+        }
+        Ok(())
     }
 
     /// Copy the data of the metacopy file `obj` into its upper file in
@@ -296,7 +317,7 @@ impl LayerStack {
             return Ok(None);
         }
         let redirect = marks.redirect.as_deref();
-        let data = self.find_data(pdir, name, redirect, &path)?;
+        let data = self.find_data(pdir, name, redirect, 0, &path)?;
         let absolute = absolute || data.is_some_and(|d| d.stat.nlink > 1);
         if let Some(r) = redirect
             && (!absolute || r.starts_with(b"/"))

@@ -462,8 +462,11 @@ impl LayerStack {
                 data,
             });
         }
-        let data = if child.layer == 0 && kind == FileKind::Regular && self.upper.is_some() {
-            self.metacopy_data(parent, &child.name, &path)?
+        // Metacopy files: in the upper always (refused without
+        // metacopy=on), in lower layers (old uppers) with metacopy=on.
+        let upper_file = child.layer == 0 && self.upper.is_some();
+        let data = if kind == FileKind::Regular && (upper_file || self.metacopy) {
+            self.metacopy_data(parent, &child.name, child.layer, &path)?
         } else {
             None
         };

@@ -93,7 +93,9 @@ impl LayerStack {
         } else {
             None
         };
-        let metacopy = how == CopyUp::Metadata && self.writes_metacopy(obj.kind);
+        // A lower metacopy file (an old upper) is copied up as one.
+        let metacopy =
+            (how == CopyUp::Metadata || obj.data.is_some()) && self.writes_metacopy(obj.kind);
         let stat = upper
             .copy_up(
                 src,
@@ -109,7 +111,7 @@ impl LayerStack {
         // Where its data is now: below, for a metacopy copy (or an index
         // copy an earlier name made as one).
         match &index_key {
-            _ if obj.layer == super::INDEX_LAYER => {}
+            _ if obj.layer == super::INDEX_LAYER || obj.data.is_some() => {}
             Some(key) => copied.data = self.index_data(key, obj.layer, &obj.path, &obj.stat)?,
             None if metacopy => {
                 copied.data = Some(super::LowerData {
