@@ -133,6 +133,11 @@ const SHRINK_TIME: Duration = Duration::from_secs(60);
 
 /// Kernel overlay mount options for a writable mount.
 const KERNEL_OPTS: &str = "redirect_dir=on,index=on";
+/// What both sides add in `layerfs_metacopy_vs_kernel`.
+const METACOPY_OPTS: &str = "metacopy=on";
+/// `layerfs_metacopy_vs_kernel` without LAYERFS_DIFF_SEED: this many of
+/// the fixed seeds (a short run: the other variants cover the rest).
+const METACOPY_SEEDS: usize = 6;
 /// The same in a user namespace (`layerfs_rootless_vs_kernel`): the kernel
 /// takes `user.overlay.*` markers there, and neither redirects nor an index.
 const KERNEL_OPTS_ROOTLESS: &str = "userxattr";
@@ -188,6 +193,10 @@ enum Target {
     /// layerfs writing OCI-style whiteouts (`whiteout=oci`): the kernel
     /// cannot read that upper, so only outcomes and merged trees count.
     LayerfsOci,
+    /// Both sides with `metacopy=on`: the reference is
+    /// [`Target::KernelMetacopy`].
+    LayerfsMetacopy,
+    KernelMetacopy,
 }
 
 impl Target {
@@ -196,6 +205,8 @@ impl Target {
             Target::Kernel => "kernel",
             Target::Layerfs => "layerfs",
             Target::LayerfsOci => "layerfs-oci",
+            Target::LayerfsMetacopy => "layerfs-metacopy",
+            Target::KernelMetacopy => "kernel-metacopy",
         }
     }
 
@@ -205,6 +216,8 @@ impl Target {
             Target::Kernel => "kernel#2",
             Target::Layerfs => "layerfs",
             Target::LayerfsOci => "layerfs (whiteout=oci)",
+            Target::LayerfsMetacopy => "layerfs (metacopy=on)",
+            Target::KernelMetacopy => "kernel#2 (metacopy=on)",
         }
     }
 
@@ -213,7 +226,21 @@ impl Target {
             Target::Kernel => "kernel_vs_kernel -- --nocapture",
             Target::Layerfs => "layerfs_vs_kernel -- --nocapture",
             Target::LayerfsOci => "layerfs_oci_vs_kernel -- --nocapture",
+            Target::LayerfsMetacopy => "layerfs_metacopy_vs_kernel -- --nocapture",
+            Target::KernelMetacopy => "kernel_vs_kernel -- --nocapture",
         }
+    }
+
+    /// The kernel mount the generator reads and `self` is compared with.
+    fn reference(self) -> Target {
+        match self {
+            Target::LayerfsMetacopy | Target::KernelMetacopy => Target::KernelMetacopy,
+            _ => Target::Kernel,
+        }
+    }
+
+    fn is_kernel(self) -> bool {
+        matches!(self, Target::Kernel | Target::KernelMetacopy)
     }
 }
 
@@ -264,6 +291,14 @@ fn mount_side(target: Target, layers: &[PathBuf], uw: &str) -> Mounted {
         Target::LayerfsOci => {
             Mounted::Layerfs(LayerfsMount::mount(layers, &format!("{uw},whiteout=oci")))
         }
+        Target::KernelMetacopy => Mounted::Kernel(KernelOverlay::mount(
+            layers,
+            &format!("{uw},{KERNEL_OPTS},{METACOPY_OPTS}"),
+        )),
+        Target::LayerfsMetacopy => Mounted::Layerfs(LayerfsMount::mount(
+            layers,
+            &format!("{uw},{METACOPY_OPTS}"),
+        )),
     }
 }
 
@@ -505,7 +540,7 @@ fn normalize_times(t: &mut Tree, since: i64) {
 fn merged_problems(a: &Side, b: &Side, since: i64) -> Vec<String> {
     let snap = |s: &Side| {
         let mut t = snapshot(s.root());
-        if s.target == Target::Kernel {
+        if s.target.is_kernel() {
             // Whiteouts the kernel lists but cannot look up are not there.
             t.drop_listed_but_absent();
         }
@@ -576,8 +611,8 @@ fn upper_view(upper: &Path, policy: UpperPolicy, since: i64) -> Tree {
 /// target allows (an OCI upper is not the kernel's format: not compared).
 fn upper_problems_of(a: &Side, b: &Side, since: i64) -> Vec<String> {
     let policy = match b.target {
-        Target::Kernel => UpperPolicy::Strict,
-        Target::Layerfs => UpperPolicy::Compatible,
+        Target::Kernel | Target::KernelMetacopy => UpperPolicy::Strict,
+        Target::Layerfs | Target::LayerfsMetacopy => UpperPolicy::Compatible,
         Target::LayerfsOci => return Vec::new(),
     };
     upper_problems(a, b, policy, since)
@@ -729,7 +764,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// after the operation of that index.
 fn run(fixture: &str, other: Target, plan: Plan<'_>, sabotage: Option<&(usize, Op)>) -> Run {
     let since = now_secs() - 1;
-    let mut a = Side::new(fixture, Target::Kernel);
+    let mut a = Side::new(fixture, other.reference());
     let mut b = Side::new(fixture, other);
     let mut run = Run {
         ops: Vec::new(),
@@ -796,7 +831,7 @@ fn drive(
     run: &mut Run,
     dog: &Watchdog,
 ) {
-    let (la, lb) = (Target::Kernel.label(), b.target.other_label());
+    let (la, lb) = (a.target.label(), b.target.other_label());
     let (mut generator, nops) = match plan {
         Plan::Generate { seed, nops } => (Some(Gen::new(seed, ops::layer_paths(&a.layers))), nops),
         Plan::Replay(ops) => (None, ops.len()),
@@ -1131,6 +1166,9 @@ fn differential(other: Target) {
     common::require_root();
     let _mounting = mounting();
     let mut cases = cases();
+    if other == Target::LayerfsMetacopy && env("LAYERFS_DIFF_SEED").is_none() {
+        cases.truncate(METACOPY_SEEDS);
+    }
     if rootless() {
         // Device nodes cannot be made in a user namespace; hard-linked
         // lower files are not compared there (see [`comparable`]).
@@ -1179,6 +1217,13 @@ fn kernel_vs_kernel() {
 #[test]
 fn layerfs_vs_kernel() {
     differential(Target::Layerfs);
+}
+
+/// layerfs against the kernel, both with `metacopy=on`: outcomes, merged
+/// trees and upper dirs (metacopy marks and redirects of files included).
+#[test]
+fn layerfs_metacopy_vs_kernel() {
+    differential(Target::LayerfsMetacopy);
 }
 
 /// layerfs writing OCI whiteouts against the kernel: outcomes and merged

@@ -337,6 +337,7 @@ fn run_mount_with(args: MountArgs, on_live: Option<OnLive>) -> i32 {
         }
     };
     stack.set_redirect_dir(validated.redirect_dir);
+    stack.set_metacopy(validated.metacopy);
     let stack_writable = stack.is_writable();
     let root_mode = stack
         .layer(0)

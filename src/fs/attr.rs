@@ -20,7 +20,13 @@ impl LayerFs {
             .stack
             .indexed(obj.layer, &obj.path, obj.kind, &obj.stat)
         {
+            // Made without its data (metacopy=on): the data is this name's.
+            let data = self
+                .stack
+                .index_data(&key, obj.layer, &obj.path, &obj.stat)
+                .unwrap_or_default();
             node.update(|s| {
+                s.obj.data = data;
                 s.obj.layer = INDEX_LAYER;
                 s.obj.path = key.clone();
                 s.obj.stat = st;
@@ -43,6 +49,7 @@ impl LayerFs {
         } else {
             obj.stat
         };
+        let stat = obj.shown_stat(stat);
         let mut nlink = self.stack.shown_nlink(&obj, &stat);
         // As the kernel's overlayfs: counting subdirectories of a merged
         // directory is not worth it, and find(1) is happy with 1.

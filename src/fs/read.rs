@@ -58,7 +58,7 @@ impl LayerFs {
             fh,
             Handle::File(FileHandleState {
                 file,
-                layer: obj.layer,
+                layer: obj.data_location().0,
                 ino: node.ino,
                 _io: io,
             }),
@@ -75,19 +75,21 @@ impl LayerFs {
         flags: OpenFlags,
     ) -> Result<(File, crate::union::Resolved)> {
         let obj = node.obj();
-        let layer = self.stack.layer(obj.layer);
+        // A metacopy file's data is below it (union/metacopy.rs).
+        let (layer_idx, path, expect) = obj.data_location();
+        let layer = self.stack.layer(layer_idx);
         let access = flags.0 & libc::O_ACCMODE;
         // O_APPEND is not passed on: the kernel sends the offset to write at.
         let keep = libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
         let fd = layer
-            .open_beneath(&obj.path, access | (flags.0 & keep) | libc::O_NOFOLLOW)
-            .map_err(|e| Error::io(e, "open", layer_display(layer, &obj.path)))?;
+            .open_beneath(path, access | (flags.0 & keep) | libc::O_NOFOLLOW)
+            .map_err(|e| Error::io(e, "open", layer_display(layer, path)))?;
         let file = File::from(fd);
         let st = file
             .metadata()
-            .map_err(|e| Error::io(e, "open", layer_display(layer, &obj.path)))?;
+            .map_err(|e| Error::io(e, "open", layer_display(layer, path)))?;
         let same = (st.dev(), st.ino(), st.mode() & libc::S_IFMT)
-            == (obj.stat.dev, obj.stat.ino, obj.stat.file_type());
+            == (expect.dev, expect.ino, expect.file_type());
         if !same {
             return Err(stale(node, "open"));
         }
@@ -212,14 +214,15 @@ impl LayerFs {
             return Ok(());
         };
         let obj = node.obj();
-        if obj.layer == h.layer {
+        let (layer_idx, path, _) = obj.data_location();
+        if layer_idx == h.layer {
             return Ok(());
         }
-        let layer = self.stack.layer(obj.layer);
+        let layer = self.stack.layer(layer_idx);
         h.file = layer
-            .open_file(&obj.path)
-            .map_err(|e| Error::io(e, "read", layer_display(layer, &obj.path)))?;
-        h.layer = obj.layer;
+            .open_file(path)
+            .map_err(|e| Error::io(e, "read", layer_display(layer, path)))?;
+        h.layer = layer_idx;
         Ok(())
     }
 }

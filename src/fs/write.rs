@@ -11,7 +11,7 @@ use fuser::{FileAttr, FileHandle, Generation, INodeNo, Request, TimeOrNow};
 use super::{Handle, LayerFs, Node};
 use crate::error::{Error, Result};
 use crate::layers::{FileKind, NewObject, RelPath};
-use crate::union::{AttrChange, Resolved};
+use crate::union::{AttrChange, CopyUp, Resolved};
 
 impl LayerFs {
     pub(super) fn lock_writes(&self) -> MutexGuard<'_, ()> {
@@ -32,11 +32,29 @@ impl LayerFs {
         }
     }
 
-    /// Copy `node` and every directory above it into the upper layer.
-    /// Callers hold the write lock.
+    /// Copy `node` (with its data) and every directory above it into the
+    /// upper layer. Callers hold the write lock.
     pub(super) fn ensure_upper(&self, node: &Arc<Node>) -> Result<()> {
+        self.copy_node_up(node, CopyUp::Data)
+    }
+
+    /// As [`LayerFs::ensure_upper`], before a change of metadata only
+    /// (with metacopy=on a regular file's data stays below).
+    pub(super) fn ensure_upper_meta(&self, node: &Arc<Node>) -> Result<()> {
+        self.copy_node_up(node, CopyUp::Metadata)
+    }
+
+    fn copy_node_up(&self, node: &Arc<Node>, how: CopyUp) -> Result<()> {
         let (layer, parent_ino, obj) = node.read(|s| (s.obj.layer, s.parent, s.obj.clone()));
         if layer == 0 {
+            if how == CopyUp::Data && obj.data.is_some() {
+                let copied = self.stack.copy_up_data(&obj)?;
+                node.update(|s| {
+                    s.obj.stat = copied.stat;
+                    s.obj.data = None;
+                });
+                self.data_copied(node, &obj.stat, &copied.stat);
+            }
             return Ok(());
         }
         let parent = self
@@ -44,9 +62,20 @@ impl LayerFs {
             .get(parent_ino)
             .ok_or_else(|| Error::new(libc::EIO, "copy up", &obj.path, "parent no longer known"))?;
         self.ensure_upper(&parent)?;
-        let copied = parent.edit_listing(&self.stack, |l| self.stack.copy_up(&obj, l))?;
+        let copied = parent.edit_listing(&self.stack, |l| self.stack.copy_up(&obj, l, how))?;
+        let stat = copied.stat;
         node.update(|s| s.obj = copied);
+        self.data_copied(node, &obj.stat, &stat);
         Ok(())
+    }
+
+    /// Data copied into a metacopy file in place took the time of the
+    /// copy as its mtime (as the kernel's does): the kernel's cached
+    /// attributes of it are dropped.
+    fn data_copied(&self, node: &Node, before: &crate::layers::Stat, after: &crate::layers::Stat) {
+        if before.mtime != after.mtime {
+            self.invalidate_attrs(fuser::INodeNo(node.ino));
+        }
     }
 
     /// Owner and permission bits of a new object, as the kernel's
@@ -304,7 +333,9 @@ impl LayerFs {
         let merged =
             merged.ok_or_else(|| Error::errno(libc::ENOTDIR, "copy up", name.to_string_lossy()))?;
         let obj = self.stack.resolve(&merged, &child)?;
-        let copied = dir.edit_listing(&self.stack, |l| self.stack.copy_up(&obj, l))?;
+        let copied = dir.edit_listing(&self.stack, |l| {
+            self.stack.copy_up(&obj, l, CopyUp::Metadata)
+        })?;
         node.update(|s| {
             if s.obj.upath == copied.upath || s.obj.layer != 0 {
                 // The name the node knows (or a node not in the upper yet).
@@ -398,11 +429,16 @@ impl LayerFs {
         }
         let _w = self.lock_writes();
         self.ensure_upper(&dir)?;
-        self.ensure_upper(&node)?;
+        self.ensure_upper_meta(&node)?;
         let obj = node.obj();
         let parent_obj = dir.obj();
+        let obj_parent = self
+            .nodes
+            .get(node.read(|s| s.parent))
+            .ok_or_else(|| Error::new(libc::EIO, "link", &obj.path, "parent no longer known"))?
+            .obj();
         let stat = dir.edit_listing(&self.stack, |l| {
-            self.stack.link(&obj, &parent_obj, l, newname)
+            self.stack.link(&obj, &obj_parent, &parent_obj, l, newname)
         })?;
         let alias = parent_obj
             .upath
@@ -427,7 +463,11 @@ impl LayerFs {
         // A change like any other: under the write lock, so the node and
         // the upper agree (its path never holds a whiteout made meanwhile).
         let _w = self.lock_writes();
-        self.ensure_upper(&node)?;
+        if change.size.is_some() {
+            self.ensure_upper(&node)?;
+        } else {
+            self.ensure_upper_meta(&node)?;
+        }
         let obj = node.obj();
         // Removed (or its name reused) since the kernel looked it up: only
         // a truncate through an open handle still reaches it.
@@ -618,7 +658,7 @@ impl LayerFs {
                 .get_xattr(&obj.path, obj.kind == FileKind::Dir, key)
                 .map_err(|e| Error::io(e, op, crate::union::layer_display(layer, &obj.path)))?;
         }
-        self.ensure_upper(&node)?;
+        self.ensure_upper_meta(&node)?;
         let obj = node.obj();
         self.stack.write_xattr(&obj, key, value, flags)
     }

@@ -20,7 +20,7 @@ pub use sys::{
     Stat, receive_fd, send_fd, set_window_size, spawn_in_namespaces, take_inherited_fd, window_size,
 };
 pub use upper::{NewObject, Upper, WhiteoutFormat};
-pub use whiteout::{DirMarks, FileKind, RawKind};
+pub use whiteout::{DirMarks, FileKind, FileMarks, RawKind};
 
 /// A path inside a layer, relative to its root, without a leading slash.
 /// The layer root itself is `"."`.
@@ -292,6 +292,14 @@ impl Layer {
     pub fn redirect(&self, rel: &RelPath) -> io::Result<Option<Vec<u8>>> {
         let fd = self.open_dir(rel)?;
         whiteout::redirect(fd.as_fd())
+    }
+
+    /// The overlay marks of the regular file `rel` (metacopy, redirect).
+    pub fn file_marks(&self, rel: &RelPath) -> io::Result<FileMarks> {
+        self.with_xattr_target(rel, false, |target| match target {
+            sys::XattrTarget::Path(p) => whiteout::file_marks(p),
+            sys::XattrTarget::Fd(_) => Ok(FileMarks::default()),
+        })
     }
 
     /// Whether the directory `dir` is marked opaque (by xattr, or by the

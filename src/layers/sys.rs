@@ -268,6 +268,16 @@ pub fn fget_xattr_opt(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<Vec<
     }
 }
 
+/// Remove an xattr of an open file; false if it had none.
+pub fn fremove_xattr_opt(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<bool> {
+    // SAFETY: valid fd and C string.
+    match cvt(unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Set an xattr (create or replace).
 pub fn set_xattr(target: XattrTarget<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
     let (ptr, len) = (value.as_ptr().cast(), value.len());

@@ -63,6 +63,9 @@ pub struct Upper {
     index: Index,
 }
 
+/// The xattr (after the prefix) marking a metadata-only copy.
+const METACOPY: &str = "metacopy";
+
 /// The longest name a filesystem takes.
 const NAME_MAX: usize = 255;
 
@@ -221,13 +224,15 @@ impl Upper {
     }
 
     /// Make sure a hard-linked lower file has its index copy (made without
-    /// any upper name), so a name of it can go while the others stay.
+    /// any upper name), so a name of it can go while the others stay;
+    /// `metacopy`: without its data (see [`Upper::build_copy`]).
     pub fn ensure_indexed(
         &self,
         src_layer: &Layer,
         src: &RelPath,
         st: &Stat,
         key: &RelPath,
+        metacopy: bool,
     ) -> io::Result<()> {
         let idx = self.index.layer().root_fd();
         if sys::fstatat_nofollow(idx, key.as_c_str()).is_ok() {
@@ -235,21 +240,23 @@ impl Upper {
         }
         let tmp = self.tmp_name();
         let work = self.work.as_fd();
-        let result = self.build_copy(src_layer, src, st, &tmp).and_then(|()| {
-            self.set_origin(src_layer, src, Some(key), &tmp);
-            // Upper count: the index entry alone.
-            self.set_nlink_diff(work, &tmp, i64::try_from(st.nlink).unwrap_or(1) - 1)?;
-            // SAFETY: valid fds and C strings.
-            cvt(unsafe {
-                libc::linkat(
-                    work.as_raw_fd(),
-                    tmp.as_ptr(),
-                    idx.as_raw_fd(),
-                    key.as_c_str().as_ptr(),
-                    0,
-                )
-            })
-        });
+        let result = self
+            .build_copy(src_layer, src, st, &tmp, metacopy)
+            .and_then(|()| {
+                self.set_origin(src_layer, src, Some(key), &tmp);
+                // Upper count: the index entry alone.
+                self.set_nlink_diff(work, &tmp, i64::try_from(st.nlink).unwrap_or(1) - 1)?;
+                // SAFETY: valid fds and C strings.
+                cvt(unsafe {
+                    libc::linkat(
+                        work.as_raw_fd(),
+                        tmp.as_ptr(),
+                        idx.as_raw_fd(),
+                        key.as_c_str().as_ptr(),
+                        0,
+                    )
+                })
+            });
         let _ = remove_entry(work, &tmp);
         if result.is_ok() {
             self.note_origin(key, st);
@@ -468,24 +475,39 @@ impl Upper {
     }
 
     /// Record where the lower content of the upper directory `dir/name`
-    /// lives, as the kernel's overlayfs does with redirect_dir=on.
+    /// (or the data of the metacopy file there) lives, as the kernel's
+    /// overlayfs does with redirect_dir=on.
     pub fn set_redirect(&self, dir: BorrowedFd<'_>, name: &OsStr, target: &[u8]) -> io::Result<()> {
-        let fd = sys::openat_beneath(
-            dir,
-            &cstr(name)?,
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        )?;
-        let key = self.xattr_name("redirect");
-        // SAFETY: valid fd, C string and buffer.
-        cvt(unsafe {
-            libc::fsetxattr(
-                fd.as_raw_fd(),
-                key.as_ptr(),
-                target.as_ptr().cast(),
-                target.len(),
-                0,
-            )
-        })
+        set_xattr_at(dir, &cstr(name)?, &self.xattr_name("redirect"), target)
+    }
+
+    /// Whether metadata-only copies can be written here: the kernel's
+    /// format only (an OCI upper is never mounted by the kernel).
+    pub fn writes_metacopy(&self) -> bool {
+        self.format == WhiteoutFormat::Overlay
+    }
+
+    /// Copy the data of the metacopy file `rel` of the upper layer `upper`
+    /// from `src` in `src_layer` into it, in place (the inode stays, as
+    /// with the kernel's `ovl_copy_up_meta_inode_data`), fsynced, then
+    /// drop its `overlay.metacopy` mark. A crash before that leaves it a
+    /// metacopy file, which still reads the lower data.
+    pub fn copy_data_in_place(
+        &self,
+        upper: &Layer,
+        rel: &RelPath,
+        src_layer: &Layer,
+        src: &RelPath,
+        size: u64,
+    ) -> io::Result<Stat> {
+        let out = upper.open_beneath(rel, libc::O_WRONLY | libc::O_NOFOLLOW)?;
+        let input = src_layer.open_file(src)?;
+        copy_data(input.as_fd(), out.as_fd(), size)?;
+        if self.durable {
+            nix::unistd::fsync(&out)?;
+        }
+        sys::fremove_xattr_opt(out.as_fd(), &self.xattr_name(METACOPY))?;
+        sys::fstat(out.as_fd())
     }
 
     /// Put a whiteout for `name` into `dir`, where nothing is. It is made
@@ -567,12 +589,7 @@ impl Upper {
             return Ok(());
         }
         self.mark_opaque(dir, &cname)?;
-        let key = self.xattr_name("redirect");
-        // SAFETY: valid fd and C string.
-        match cvt(unsafe { libc::fremovexattr(fd.as_raw_fd(), key.as_ptr()) }) {
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
-            other => other,
-        }
+        sys::fremove_xattr_opt(fd.as_fd(), &self.xattr_name("redirect")).map(drop)
     }
 
     /// ENOTEMPTY unless the upper directory `dir/name` (if it is one)
@@ -689,7 +706,8 @@ impl Upper {
     ///
     /// With `index_key` (a hard-linked lower file) the copy is also linked
     /// into the index, or, when an earlier name made it already, that copy
-    /// is linked here instead of copying again.
+    /// is linked here instead of copying again. With `metacopy` (a regular
+    /// file) no data is copied: see [`Upper::build_copy`].
     #[allow(clippy::too_many_arguments)]
     pub fn copy_up(
         &self,
@@ -699,6 +717,7 @@ impl Upper {
         dir: BorrowedFd<'_>,
         name: &OsStr,
         index_key: Option<&RelPath>,
+        metacopy: bool,
     ) -> io::Result<Stat> {
         let tmp = self.tmp_name();
         let work = self.work.as_fd();
@@ -724,7 +743,7 @@ impl Upper {
                     self.adjust_nlink(key, -1)
                 }
                 Some(key) => {
-                    self.build_copy(src_layer, src, st, &tmp)?;
+                    self.build_copy(src_layer, src, st, &tmp, metacopy)?;
                     self.set_origin(src_layer, src, Some(key), &tmp);
                     let shown = i64::try_from(st.nlink).unwrap_or(1);
                     // Upper count: the index entry and this name.
@@ -743,7 +762,7 @@ impl Upper {
                     Ok(())
                 }
                 None => {
-                    self.build_copy(src_layer, src, st, &tmp)?;
+                    self.build_copy(src_layer, src, st, &tmp, metacopy)?;
                     self.set_origin(src_layer, src, None, &tmp);
                     Ok(())
                 }
@@ -760,18 +779,30 @@ impl Upper {
         Ok(copied)
     }
 
+    /// Build the copy of a lower object as `work/tmp`. A `metacopy` copy of
+    /// a regular file is the kernel's metadata-only copy-up (metacopy=on):
+    /// the lower's size as a hole, every xattr, owner, mode and times, and
+    /// an empty `overlay.metacopy` xattr saying the data is still below.
     fn build_copy(
         &self,
         src_layer: &Layer,
         src: &RelPath,
         st: &Stat,
         tmp: &CStr,
+        metacopy: bool,
     ) -> io::Result<()> {
         let work = self.work.as_fd();
         let kind =
             FileKind::from_mode(st.mode).ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
         let perm = st.mode & 0o7777;
         match kind {
+            FileKind::Regular if metacopy => {
+                let out = create_excl(work, tmp)?;
+                let len = i64::try_from(st.size)
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+                nix::unistd::ftruncate(&out, len)?;
+                set_xattr_at(work, tmp, &self.xattr_name(METACOPY), b"")?;
+            }
             FileKind::Regular => {
                 let input = src_layer.open_file(src)?;
                 let out = create_excl(work, tmp)?;

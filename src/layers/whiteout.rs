@@ -92,6 +92,45 @@ pub fn redirect(dir: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
     Ok(None)
 }
 
+const METACOPY_XATTRS: [&CStr; 2] = [c"trusted.overlay.metacopy", c"user.overlay.metacopy"];
+
+/// What overlayfs records on a regular file of a layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileMarks {
+    /// A metadata-only copy (`overlay.metacopy`, empty or holding an
+    /// fs-verity digest): its data is the file a lookup finds below it.
+    pub metacopy: bool,
+    /// Where a lookup below goes on (`overlay.redirect`); only read on a
+    /// metacopy file, as the kernel reads it only there.
+    pub redirect: Option<Vec<u8>>,
+}
+
+/// The marks of the regular file at `path` (`/proc/self/fd/DIR/NAME`, not
+/// followed).
+pub fn file_marks(path: &CStr) -> io::Result<FileMarks> {
+    let get = |name: &CStr| match sys::get_xattr(sys::XattrTarget::Path(path), name) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOTSUP)) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let mut marks = FileMarks::default();
+    for name in METACOPY_XATTRS {
+        if get(name)?.is_some() {
+            marks.metacopy = true;
+            break;
+        }
+    }
+    if marks.metacopy {
+        for name in REDIRECT_XATTRS {
+            if let Some(v) = get(name)? {
+                marks.redirect = Some(v);
+                break;
+            }
+        }
+    }
+    Ok(marks)
+}
+
 /// Read a directory's own marks from its xattrs.
 pub fn dir_marks(dir: BorrowedFd<'_>) -> io::Result<DirMarks> {
     let mut marks = DirMarks::default();

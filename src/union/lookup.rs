@@ -96,6 +96,33 @@ impl LayerStack {
         })
     }
 
+    /// The layers from `first` down holding the directory at `path` as a
+    /// walk from their roots finds it (an absolute redirect's target),
+    /// each with where it is in that layer.
+    pub(super) fn dirs_from_root(
+        &self,
+        path: &RelPath,
+        first: LayerIdx,
+    ) -> Result<Vec<(LayerIdx, RelPath)>> {
+        let mut search = Search {
+            name: Name::FromRoot(path.clone()),
+            stop: false,
+        };
+        let mut found = Vec::new();
+        for idx in first..self.layers.len() as LayerIdx {
+            let Name::FromRoot(p) = search.name.clone() else {
+                break;
+            };
+            if search.stop {
+                break;
+            }
+            if let Some(at) = self.walk(idx, &p, &mut search)? {
+                found.push((idx, at));
+            }
+        }
+        Ok(found)
+    }
+
     /// Ask layer `idx` for the directory at `at`: whether it is one there.
     /// A whiteout or non-directory stops the search; a directory is opaque
     /// (stop) or may carry a redirect, which renames what the layers below

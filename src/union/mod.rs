@@ -5,6 +5,7 @@
 
 mod inos;
 mod lookup;
+mod metacopy;
 mod write;
 
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
 pub use inos::InoMap;
+pub use metacopy::{CopyUp, LowerData};
 pub use write::{AttrChange, UpperSpec, xattr_op};
 
 use crate::error::{Error, Result};
@@ -33,6 +35,9 @@ pub struct LayerStack {
     inos: InoMap,
     upper: Option<Upper>,
     redirect_dir: RedirectDir,
+    /// The kernel's `metacopy=on`: metadata changes copy up metadata only,
+    /// and metacopy files in the upper are read (else refused, EPERM).
+    metacopy: bool,
 }
 
 /// The kernel's `redirect_dir` option: whether renaming a directory with
@@ -182,6 +187,9 @@ pub struct Resolved {
     /// For a hard-linked lower file with an index copy: its index entry,
     /// where the node goes when the upper name it had is removed.
     pub index_key: Option<RelPath>,
+    /// For a metacopy file (metadata copied up, data not): where its data
+    /// is. Attributes are `layer`/`path`'s, data is read from here.
+    pub data: Option<LowerData>,
 }
 
 /// How a name stands while layers are merged top-down.
@@ -216,6 +224,7 @@ impl LayerStack {
             inos,
             upper: None,
             redirect_dir: RedirectDir::On,
+            metacopy: false,
         })
     }
 
@@ -248,6 +257,11 @@ impl LayerStack {
     /// Set the `redirect_dir` mode (on unless asked).
     pub fn set_redirect_dir(&mut self, mode: RedirectDir) {
         self.redirect_dir = mode;
+    }
+
+    /// Set `metacopy` (off unless asked, as in the kernel).
+    pub fn set_metacopy(&mut self, on: bool) {
+        self.metacopy = on;
     }
 
     pub fn len(&self) -> usize {
@@ -288,6 +302,7 @@ impl LayerStack {
                     .collect(),
             }),
             index_key: None,
+            data: None,
         })
     }
 
@@ -433,6 +448,8 @@ impl LayerStack {
         // Another name of a hard-linked lower file was copied up: this
         // name shows that copy too.
         if let Some((key, st)) = self.indexed(child.layer, &path, kind, &stat) {
+            // A metacopy index copy (the kernel's) reads this lower name.
+            let data = self.index_data(&key, child.layer, &path, &stat)?;
             return Ok(Resolved {
                 ino: child.ino,
                 kind,
@@ -442,8 +459,17 @@ impl LayerStack {
                 stat: st,
                 dir: None,
                 index_key: Some(key),
+                data,
             });
         }
+        // Metacopy files: in the upper always (refused without
+        // metacopy=on), in lower layers (old uppers) with metacopy=on.
+        let upper_file = child.layer == 0 && self.upper.is_some();
+        let data = if kind == FileKind::Regular && (upper_file || self.metacopy) {
+            self.metacopy_data(parent, &child.name, child.layer, &path)?
+        } else {
+            None
+        };
         Ok(Resolved {
             // The listing's number: the same one readdir reports, and the
             // one a copied-up object keeps.
@@ -455,6 +481,7 @@ impl LayerStack {
             stat,
             dir,
             index_key: None,
+            data,
         })
     }
 

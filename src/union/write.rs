@@ -10,6 +10,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::path::PathBuf;
 
+use super::metacopy::CopyUp;
 use super::{Child, LayerStack, Listing, MergedDir, Resolved};
 use crate::error::{Error, Result};
 use crate::layers::{FileKind, NewObject, RelPath, Stat, Upper, WhiteoutFormat, upper, whiteout};
@@ -68,10 +69,19 @@ impl LayerStack {
 
     /// Copy a lower object up into the upper (its parent must be there
     /// already) and update the parent's listing. The inode number stays.
-    pub fn copy_up(&self, obj: &Resolved, parent_listing: &mut Listing) -> Result<Resolved> {
+    /// For data, a metacopy file already up gets its data (in place).
+    pub fn copy_up(
+        &self,
+        obj: &Resolved,
+        parent_listing: &mut Listing,
+        how: CopyUp,
+    ) -> Result<Resolved> {
         let upper = self.upper_layer("copy up", &obj.path)?;
         if obj.layer == 0 {
-            return Ok(obj.clone());
+            return match how {
+                CopyUp::Data => self.copy_up_data(obj),
+                CopyUp::Metadata => Ok(obj.clone()),
+            };
         }
         let (parent, name) = obj.upath.split();
         let dir = self.upper_dir("copy up", &parent)?;
@@ -83,6 +93,9 @@ impl LayerStack {
         } else {
             None
         };
+        // A lower metacopy file (an old upper) is copied up as one.
+        let metacopy =
+            (how == CopyUp::Metadata || obj.data.is_some()) && self.writes_metacopy(obj.kind);
         let stat = upper
             .copy_up(
                 src,
@@ -91,9 +104,24 @@ impl LayerStack {
                 std::os::fd::AsFd::as_fd(&dir),
                 name,
                 index_key.as_ref(),
+                metacopy,
             )
             .map_err(|e| Error::io(e, "copy up", super::layer_display(src, &obj.path)))?;
         let mut copied = obj.clone();
+        // Where its data is now: below, for a metacopy copy (or an index
+        // copy an earlier name made as one).
+        match &index_key {
+            _ if obj.layer == super::INDEX_LAYER || obj.data.is_some() => {}
+            Some(key) => copied.data = self.index_data(key, obj.layer, &obj.path, &obj.stat)?,
+            None if metacopy => {
+                copied.data = Some(super::LowerData {
+                    layer: obj.layer,
+                    path: obj.path.clone(),
+                    stat: obj.stat,
+                })
+            }
+            None => {}
+        }
         copied.index_key = index_key;
         copied.layer = 0;
         copied.path = obj.upath.clone();
@@ -104,6 +132,10 @@ impl LayerStack {
         if let Some(child) = parent_listing.get_mut(name) {
             child.layer = 0;
             child.lower = true;
+        }
+        if how == CopyUp::Data && copied.data.is_some() {
+            // An index copy made without its data: it gets it now.
+            return self.copy_up_data(&copied);
         }
         Ok(copied)
     }
@@ -195,6 +227,7 @@ impl LayerStack {
                 lower_path,
             }),
             index_key: None,
+            data: None,
         };
         Ok((created, fd))
     }
@@ -258,7 +291,7 @@ impl LayerStack {
         let src = self.layer(r.layer);
         let key = upper.index().key(src, &r.path, &r.stat);
         upper
-            .ensure_indexed(src, &r.path, &r.stat, &key)
+            .ensure_indexed(src, &r.path, &r.stat, &key, self.writes_metacopy(r.kind))
             .map_err(|e| Error::io(e, op, super::layer_display(src, &r.path)))?;
         Ok(Some(key))
     }
@@ -416,16 +449,7 @@ impl LayerStack {
         if same_dir && lower_parent == pdir.lower_path {
             return Ok(std::os::unix::ffi::OsStrExt::as_bytes(lower_name).to_vec());
         }
-        let mut abs = b"/".to_vec();
-        if !lower.is_root() {
-            abs.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(lower.as_os_str()));
-        }
-        if abs.len() > REDIRECT_MAX {
-            // The kernel's limit (redirect_max): beyond it, it answers EXDEV
-            // and the caller copies the tree instead.
-            return Err(Error::new(libc::EXDEV, "rename", from, "redirect too long"));
-        }
-        Ok(abs)
+        super::metacopy::absolute_redirect(&lower, from)
     }
 
     /// rename(2) inside the union. Both parents and the source (and an
@@ -527,6 +551,8 @@ impl LayerStack {
             upper.set_redirect(sfd, name, r).map_err(io_err)?;
         } else if src.kind == FileKind::Dir && dst_merged {
             upper.mark_opaque(sfd, &cstring(name)?).map_err(io_err)?;
+        } else if src.kind == FileKind::Regular {
+            self.redirect_metacopy(src_parent, sfd, name, !same_dir)?;
         }
         if let Some(t) = target
             .as_ref()
@@ -538,6 +564,9 @@ impl LayerStack {
             } else if src_merged {
                 upper.mark_opaque(dfd, &cstring(newname)?).map_err(io_err)?;
             }
+        }
+        if exchange && target.as_ref().is_some_and(|t| t.kind == FileKind::Regular) {
+            self.redirect_metacopy(dst_parent, dfd, newname, !same_dir)?;
         }
         let dst_lower = target
             .as_ref()
@@ -594,10 +623,12 @@ impl LayerStack {
         Ok(())
     }
 
-    /// link(2): a new name in `parent` for the upper object `obj`.
+    /// link(2): a new name in `parent` for the upper object `obj`, whose
+    /// own parent is `obj_parent`.
     pub fn link(
         &self,
         obj: &Resolved,
+        obj_parent: &Resolved,
         parent: &Resolved,
         listing: &mut Listing,
         newname: &OsStr,
@@ -621,6 +652,11 @@ impl LayerStack {
         let whiteout = listing.upper_whiteouts.get(newname).copied();
         let (sparent, sname) = obj.path.split();
         let sdir = self.upper_dir("link", &sparent)?;
+        // A metacopy file's names may be in other directories: each finds
+        // its data through an absolute redirect (ovl_set_link_redirect).
+        if obj.data.is_some() && obj.layer == 0 {
+            self.redirect_metacopy(obj_parent, std::os::fd::AsFd::as_fd(&sdir), sname, true)?;
+        }
         let ddir = self.upper_dir("link", &parent.path)?;
         let stat = upper
             .link(
@@ -743,9 +779,6 @@ pub fn xattr_op(value: Option<&[u8]>) -> &'static str {
         "removexattr"
     }
 }
-
-/// The longest redirect written, as the kernel's default `redirect_max`.
-const REDIRECT_MAX: usize = 256;
 
 fn parent_dir<'a>(parent: &'a Resolved, op: &'static str) -> Result<&'a MergedDir> {
     parent

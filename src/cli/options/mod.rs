@@ -51,6 +51,8 @@ pub struct MountSpec {
     pub volatile: bool,
     /// Overlay `redirect_dir` (`on` unless given).
     pub redirect_dir: crate::union::RedirectDir,
+    /// Overlay `metacopy=on`: metadata-only copy-up (off unless given).
+    pub metacopy: bool,
     /// Generic mount flags as given, in order (`nosuid`, `nodev`, `noexec`,
     /// `noatime`, `sync`, ...), for the caller to pass on to the FUSE mount.
     pub mount_flags: Vec<String>,
@@ -78,6 +80,7 @@ pub struct ValidatedMount {
     pub userxattr: bool,
     pub volatile: bool,
     pub redirect_dir: crate::union::RedirectDir,
+    pub metacopy: bool,
     pub mount_flags: Vec<String>,
     pub engine: super::compat::EngineOptions,
 }
@@ -435,6 +438,7 @@ fn parse_options(opts: &[String]) -> Result<Parsed, OptionsError> {
     let mut volatile = false;
     // Which of lowerdir= / lowerdir+= gave the lowers.
     let mut lower_key: Option<&'static str> = None;
+    let mut redirect_given = false;
     for arg in opts {
         for raw in super::compat::split_options(arg) {
             let raw = raw.as_str();
@@ -521,6 +525,7 @@ fn parse_options(opts: &[String]) -> Result<Parsed, OptionsError> {
                 "redirect_dir" => {
                     use crate::union::RedirectDir;
                     let allowed = ["on", "off", "follow", "nofollow"];
+                    redirect_given = true;
                     spec.redirect_dir =
                         match choice(key, value, &allowed, "on, off, follow or nofollow")? {
                             "on" => RedirectDir::On,
@@ -530,7 +535,10 @@ fn parse_options(opts: &[String]) -> Result<Parsed, OptionsError> {
                             _ => RedirectDir::NoFollow,
                         };
                 }
-                "index" | "metacopy" | "nfs_export" => {
+                "metacopy" => {
+                    spec.metacopy = choice(key, value, ON_OFF.0, ON_OFF.1)? == "on";
+                }
+                "index" | "nfs_export" => {
                     choice(key, value, ON_OFF.0, ON_OFF.1)?;
                 }
                 "xino" => {
@@ -565,6 +573,14 @@ fn parse_options(opts: &[String]) -> Result<Parsed, OptionsError> {
                 }
             }
         }
+    }
+    // The kernel's rule: metacopy files are found through redirects, so
+    // metacopy=on refuses a redirect_dir that does not create them.
+    if spec.metacopy && redirect_given && spec.redirect_dir != crate::union::RedirectDir::On {
+        return Err(OptionsError::Conflict {
+            first: "metacopy=on",
+            second: "a redirect_dir other than on",
+        });
     }
     Ok(Parsed { spec, volatile })
 }

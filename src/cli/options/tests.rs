@@ -83,7 +83,7 @@ fn last_ro_rw_wins_and_empty_options_are_skipped() {
 fn kernel_and_generic_options_are_accepted() {
     let s = parse_mount_options(&o(
         "lowerdir=/l,upperdir=/u,workdir=/w,redirect_dir=nofollow,index=off,xino=auto,\
-         metacopy=on,nfs_export=off,uuid=null,userxattr,volatile,defaults,auto,noauto,\
+         metacopy=off,nfs_export=off,uuid=null,userxattr,volatile,defaults,auto,noauto,\
          nofail,user,user=bob,nouser,users,_netdev,x-systemd.automount,\
          x-systemd.device-timeout=10,comment=hello world,suid,nosuid,dev,nodev,exec,\
          noexec,atime,noatime,relatime,strictatime,nodiratime,sync,async,dirsync",
@@ -110,6 +110,28 @@ fn kernel_and_generic_options_are_accepted() {
     );
     assert_eq!(s.redirect_dir, crate::union::RedirectDir::NoFollow);
     assert!(s.userxattr);
+    assert!(!s.metacopy);
+}
+
+#[test]
+fn metacopy_takes_effect_and_needs_redirects() {
+    let on = parse_mount_options(&o("lowerdir=/l,metacopy=on")).unwrap();
+    assert!(on.metacopy);
+    assert_eq!(on.redirect_dir, crate::union::RedirectDir::On);
+    let off = parse_mount_options(&o("lowerdir=/l,metacopy=on,metacopy=off")).unwrap();
+    assert!(!off.metacopy);
+    assert!(
+        parse_mount_options(&o("lowerdir=/l,redirect_dir=on,metacopy=on"))
+            .unwrap()
+            .metacopy
+    );
+    let err = parse_mount_options(&o("lowerdir=/l,metacopy=on,redirect_dir=follow"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "metacopy=on and a redirect_dir other than on cannot be used together"
+    );
 }
 
 #[test]

@@ -111,6 +111,7 @@ pub fn validate(spec: &MountSpec, mountpoint: &Path) -> Result<ValidatedMount, O
         userxattr: spec.userxattr,
         volatile: spec.volatile,
         redirect_dir: spec.redirect_dir,
+        metacopy: spec.metacopy,
         mount_flags: spec.mount_flags.clone(),
         engine: spec.engine.clone(),
     })

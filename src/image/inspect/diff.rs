@@ -78,7 +78,10 @@ pub(super) fn open_container(upper: &Path, lowers: &[PathBuf]) -> Result<Contain
         userxattr: false,
         durable: false,
     };
-    let stack = LayerStack::open_writable(lowers, &spec)?;
+    let mut stack = LayerStack::open_writable(lowers, &spec)?;
+    // A container mounted with metacopy=on holds metadata-only copies:
+    // read them as that mount did (their data from below).
+    stack.set_metacopy(true);
     Ok(ContainerView { stack, _work: work })
 }
 

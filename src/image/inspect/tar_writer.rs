@@ -282,9 +282,24 @@ impl<W: Write> TarWriter<'_, W> {
         let copy = self
             .index
             .and_then(|i| Some((i.layer(), i.copy_of(self.stack, r)?)));
-        let (layer, src, st) = match copy {
-            Some((index, (key, st))) => (index, key, st),
-            None => (self.stack.layer(r.layer), r.path.clone(), r.stat),
+        // Data is read where the union reads it (a metacopy file's is
+        // below it); attributes and xattrs are the object's own.
+        let (layer, src, st, data) = match copy {
+            Some((index, (key, st))) => {
+                // An index copy made without its data (metacopy=on): the
+                // data is the lower name's.
+                let data = if index.file_marks(&key).is_ok_and(|m| m.metacopy) {
+                    (self.stack.layer(r.layer), r.path.clone())
+                } else {
+                    (index, key.clone())
+                };
+                (index, key, st, data)
+            }
+            None => {
+                let (l, p, _) = r.data_location();
+                let data = (self.stack.layer(l), p.clone());
+                (self.stack.layer(r.layer), r.path.clone(), r.stat, data)
+            }
         };
         let name = tar_name(&r.upath);
         let mut header = tar::Header::new_ustar();
@@ -328,8 +343,9 @@ impl<W: Write> TarWriter<'_, W> {
             FileKind::Regular => {
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(st.size);
-                let file = layer
-                    .open_file(&src)
+                let file = data
+                    .0
+                    .open_file(&data.1)
                     .map_err(|e| self.err(e, "open", &r.upath))?;
                 self.summary.files += 1;
                 self.summary.bytes += st.size;

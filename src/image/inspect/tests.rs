@@ -515,3 +515,63 @@ fn a_name_removed_and_provided_by_one_layer_is_changed() {
         })]
     );
 }
+
+/// A metacopy file (metacopy=on: metadata copied up, data left below) goes
+/// into the layer with its data, read where the union reads it: by its
+/// name, or through its redirect (relative or absolute).
+#[test]
+fn metacopy_files_are_written_with_their_data() {
+    let t = tmp();
+    let (up, low) = (t.path().join("up"), t.path().join("low"));
+    for (rel, data) in [
+        ("f", "data of f\n"),
+        ("old", "renamed\n"),
+        ("d/far", "far\n"),
+    ] {
+        let p = low.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+    dir(&up, "e");
+    for (rel, len, redirect) in [
+        ("f", 10, None),
+        ("new", 8, Some("old")),
+        ("e/moved", 4, Some("/d/far")),
+    ] {
+        let p = up.join(rel);
+        fs::File::create(&p).unwrap().set_len(len).unwrap();
+        let st = Command::new("setfattr")
+            .args(["-n", "trusted.overlay.metacopy"])
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        if let Some(r) = redirect {
+            setfattr(&p, "trusted.overlay.redirect", r);
+        }
+    }
+    let mut bytes = Vec::new();
+    write_layer_tar(&up, std::slice::from_ref(&low), &mut bytes).unwrap();
+    let mut ar = tar::Archive::new(bytes.as_slice());
+    let mut files = Vec::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let path = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        let mut data = String::new();
+        std::io::Read::read_to_string(&mut e, &mut data).unwrap();
+        files.push((path, data));
+    }
+    let want = [
+        ("e/moved", "far\n"),
+        ("f", "data of f\n"),
+        ("new", "renamed\n"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(p, d)| (p.to_string(), d.to_string()))
+        .collect();
+    assert_eq!(files, want);
+}
