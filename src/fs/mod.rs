@@ -347,7 +347,7 @@ impl Filesystem for LayerFs {
             // kernel forgets many nodes (memory pressure, drop_caches),
             // give the memory back.
             let freed = self.nodes_freed.fetch_add(1, Ordering::Relaxed) + 1;
-            if freed % RETURN_MEMORY_EVERY == 0 {
+            if freed.is_multiple_of(RETURN_MEMORY_EVERY) {
                 crate::layers::sys::return_free_memory();
             }
         }

@@ -110,8 +110,10 @@ impl LayerFs {
     /// page cache, where a backing file would cost two more syscalls per
     /// open and close: it stays in the page cache.
     pub(super) fn prefers_passthrough(&self, obj: &crate::union::Resolved, reading: bool) -> bool {
-        let data_upper = obj.layer == 0 || obj.layer == INDEX_LAYER;
-        let small = obj.stat.size < PASSTHROUGH_MIN_READ;
+        // A metacopy file's data is below, whatever layer it is in.
+        let (data_layer, _, data) = obj.data_location();
+        let data_upper = data_layer == 0 || data_layer == INDEX_LAYER;
+        let small = data.size < PASSTHROUGH_MIN_READ;
         (!self.stack.is_writable() || data_upper) && !(reading && small)
     }
 
