@@ -7,6 +7,9 @@
 //!   must be equal. Mixing a page-cache handle and a passthrough handle on
 //!   one inode makes the kernel fail the open (EIO), so this also checks
 //!   that layerfs never does.
+//! * `handles_across_metacopy_data_copy_up_as_the_kernel`: the same with
+//!   `metacopy=on` on both sides, the lower file chmod-ed first (its data
+//!   stays below until the write copies it into the upper file in place).
 //! * `upper_file_reads_bypass_the_daemon`: reading a file whose data is in
 //!   the upper layer must not go through the daemon (its read bytes, from
 //!   /proc/PID/io, stay far below the file's size), while a lower file on
@@ -25,9 +28,17 @@ use common::stack::{Stack, step};
 use common::{Dialect, DiffOptions, KernelOverlay, LayerfsMount, diff_with, snapshot};
 
 /// The script; returns what each step read, to compare between the two.
-fn run_script(root: &Path) -> Vec<String> {
+/// `chmod_first`: the lower file is chmod-ed before it is opened (with
+/// metacopy=on, copied up without its data).
+fn run_script(root: &Path, chmod_first: bool) -> Vec<String> {
     let p = |rel: &str| root.join(rel);
     let mut seen = Vec::new();
+    if chmod_first {
+        step(
+            "chmod lower file",
+            fs::set_permissions(p("etc/hostname"), fs::Permissions::from_mode(0o640)),
+        );
+    }
     let read_at = |f: &fs::File, what: &str, seen: &mut Vec<String>| {
         let mut buf = vec![0; 256];
         let n = step(what, f.read_at(&mut buf, 0));
@@ -127,18 +138,23 @@ fn run_script(root: &Path) -> Vec<String> {
     seen
 }
 
-#[test]
-fn handles_across_copy_up_as_the_kernel() {
-    let kernel = Stack::new("passthrough-kernel", "demo", Dialect::OverlayTrusted);
-    let ours = Stack::new("passthrough-layerfs", "demo", Dialect::OverlayTrusted);
+/// Run the script on the kernel's overlayfs and on layerfs with the same
+/// extra options; the reads and the merged trees must be equal.
+fn same_as_the_kernel(prefix: &str, extra: &str, chmod_first: bool) {
+    let kernel = Stack::new(&format!("{prefix}-kernel"), "demo", Dialect::OverlayTrusted);
+    let ours = Stack::new(
+        &format!("{prefix}-layerfs"),
+        "demo",
+        Dialect::OverlayTrusted,
+    );
 
-    let k = KernelOverlay::mount(&kernel.layers, &format!("{},index=on", kernel.uw()));
-    let want = run_script(k.path());
+    let k = KernelOverlay::mount(&kernel.layers, &format!("{},index=on{extra}", kernel.uw()));
+    let want = run_script(k.path(), chmod_first);
     let want_tree = snapshot(k.path());
     drop(k);
 
-    let m = LayerfsMount::mount(&ours.layers, &ours.uw());
-    let got = run_script(m.path());
+    let m = LayerfsMount::mount(&ours.layers, &format!("{}{extra}", ours.uw()));
+    let got = run_script(m.path(), chmod_first);
     let got_tree = snapshot(m.path());
     m.unmount().assert_clean();
 
@@ -152,6 +168,18 @@ fn handles_across_copy_up_as_the_kernel() {
     };
     let d = diff_with(&want_tree, &got_tree, &opts);
     assert!(d.is_empty(), "merged trees differ:\n{}", d.join("\n"));
+}
+
+#[test]
+fn handles_across_copy_up_as_the_kernel() {
+    same_as_the_kernel("passthrough", "", false);
+}
+
+/// With metacopy=on a chmod leaves the data below: the handles then meet
+/// the data copy-up, in place, of a file whose metadata is in the upper.
+#[test]
+fn handles_across_metacopy_data_copy_up_as_the_kernel() {
+    same_as_the_kernel("passthrough-metacopy", ",metacopy=on,redirect_dir=on", true);
 }
 
 /// Bytes the process has read through read(2) and friends so far.
