@@ -11,6 +11,7 @@ Knobs (environment): BENCH_REPS (default 5, 1..9), BENCH_VERBOSE=1 (every
 repetition's time), BENCH_KEEP_TMP=1 (leave the temp dir, never a mount),
 BENCH_ONLY=REGEX (only the workloads whose name matches; the memory lines
 are "daemon memory per cached inode"),
+BENCH_METACOPY=layerfs[,kernel] (writable mounts of those with metacopy=on),
 BENCH_LAYERFS_THREADS=N (layerfs mount --threads N), BENCH_FO2=0 (never
 build fuse-overlayfs 2.0), BENCH_FO2_ROOT=DIR (where it is built).
 
@@ -187,6 +188,8 @@ class Mount:
         o = "lowerdir=" + ":".join(at(p) for p in self.layers)
         if self.mode == "rw":
             o += f",upperdir={at('upper')},workdir={at('work')}"
+            if self.impl in os.environ.get("BENCH_METACOPY", "").split(","):
+                o += ",metacopy=on"
         return o
 
     def mount(self):

@@ -10,10 +10,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -91,62 +89,9 @@ impl Setup {
     }
 }
 
-fn cpath(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
-}
-
-/// utimensat without opening the file (touch would open it for write).
-fn set_times(p: &Path, atime: i64, mtime: i64) -> std::io::Result<()> {
-    let ts = [
-        libc::timespec {
-            tv_sec: atime,
-            tv_nsec: 0,
-        },
-        libc::timespec {
-            tv_sec: mtime,
-            tv_nsec: 5,
-        },
-    ];
-    // SAFETY: valid path and two timespecs.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            cpath(p).as_ptr(),
-            ts.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-fn set_xattr(p: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
-    let n = CString::new(name).expect("xattr name");
-    // SAFETY: valid strings and buffer.
-    let rc = unsafe {
-        libc::lsetxattr(
-            cpath(p).as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// Whether `p` (on the host, not followed) has the xattr `name`.
 fn has_xattr(p: &Path, name: &str) -> bool {
-    let n = CString::new(name).expect("xattr name");
-    // SAFETY: valid strings; size 0 asks for the length only.
-    unsafe { libc::lgetxattr(cpath(p).as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+    matches!(common::sys::lgetxattr(p, name.as_bytes()), Ok(Some(_)))
 }
 
 /// Changes of metadata only, through the mount at `root`.
@@ -162,11 +107,11 @@ fn change_metadata(root: &Path) {
     );
     step(
         "utimes d/keep",
-        set_times(&p("d/keep"), 1_000_000, 2_000_000),
+        common::sys::set_times(&p("d/keep"), 2_000_000, 5),
     );
     step(
         "setxattr user.test d/x",
-        set_xattr(&p("d/x"), "user.test", b"value"),
+        common::sys::lsetxattr(&p("d/x"), b"user.test", b"value"),
     );
     step("rename mv-same", fs::rename(p("mv-same"), p("mv-renamed")));
     step("rename mv-other", fs::rename(p("mv-other"), p("e/moved")));

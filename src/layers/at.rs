@@ -136,6 +136,18 @@ pub(super) fn make_object(
     set_owner_mode(dir, name, kind, uid, gid, perm)
 }
 
+/// A new name `to` in `to_dir` for `from` in `from_dir` (never following
+/// a symlink).
+pub(super) fn link_at(
+    from_dir: BorrowedFd<'_>,
+    from: &CStr,
+    to_dir: BorrowedFd<'_>,
+    to: &CStr,
+) -> io::Result<()> {
+    nix::unistd::linkat(from_dir, from, to_dir, to, nix::fcntl::AtFlags::empty())
+        .map_err(io::Error::from)
+}
+
 /// Create a new empty regular file (mode 0600), failing if the name is
 /// taken.
 pub(super) fn create_excl(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {

@@ -13,8 +13,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::at::{
-    copy_data, create_empty, create_excl, make_object, remove_contents, remove_entry, set_fd_times,
-    set_xattr_at, with_proc_path,
+    copy_data, create_empty, create_excl, link_at, make_object, remove_contents, remove_entry,
+    set_fd_times, set_xattr_at, with_proc_path,
 };
 pub use super::at::{rename2, set_owner_mode, set_times};
 use super::index::{self, Index};
@@ -246,16 +246,7 @@ impl Upper {
                 self.set_origin(src_layer, src, Some(key), &tmp);
                 // Upper count: the index entry alone.
                 self.set_nlink_diff(work, &tmp, i64::try_from(st.nlink).unwrap_or(1) - 1)?;
-                // SAFETY: valid fds and C strings.
-                cvt(unsafe {
-                    libc::linkat(
-                        work.as_raw_fd(),
-                        tmp.as_ptr(),
-                        idx.as_raw_fd(),
-                        key.as_c_str().as_ptr(),
-                        0,
-                    )
-                })
+                link_at(work, &tmp, idx, key.as_c_str())
             });
         let _ = remove_entry(work, &tmp);
         if result.is_ok() {
@@ -729,16 +720,7 @@ impl Upper {
         let build = || -> io::Result<()> {
             match index_key {
                 Some(key) if indexed => {
-                    // SAFETY: valid fds and C strings.
-                    cvt(unsafe {
-                        libc::linkat(
-                            idx.as_raw_fd(),
-                            key.as_c_str().as_ptr(),
-                            work.as_raw_fd(),
-                            tmp.as_ptr(),
-                            0,
-                        )
-                    })?;
+                    link_at(idx, key.as_c_str(), work, &tmp)?;
                     // One more upper name, the same names in the union.
                     self.adjust_nlink(key, -1)
                 }
@@ -748,16 +730,7 @@ impl Upper {
                     let shown = i64::try_from(st.nlink).unwrap_or(1);
                     // Upper count: the index entry and this name.
                     self.set_nlink_diff(work, &tmp, shown - 2)?;
-                    // SAFETY: valid fds and C strings.
-                    cvt(unsafe {
-                        libc::linkat(
-                            work.as_raw_fd(),
-                            tmp.as_ptr(),
-                            idx.as_raw_fd(),
-                            key.as_c_str().as_ptr(),
-                            0,
-                        )
-                    })?;
+                    link_at(work, &tmp, idx, key.as_c_str())?;
                     self.note_origin(key, st);
                     Ok(())
                 }
@@ -902,32 +875,14 @@ impl Upper {
         if over_whiteout {
             let tmp = self.tmp_name();
             let work = self.work.as_fd();
-            // SAFETY: valid fds and C strings.
-            cvt(unsafe {
-                libc::linkat(
-                    from_dir.as_raw_fd(),
-                    cf.as_ptr(),
-                    work.as_raw_fd(),
-                    tmp.as_ptr(),
-                    0,
-                )
-            })?;
+            link_at(from_dir, &cf, work, &tmp)?;
             if let Err(e) = self.install(&tmp, to_dir, to, true) {
                 let _ = remove_entry(work, &tmp);
                 return Err(e);
             }
         } else {
             let ct = cstr(to)?;
-            // SAFETY: valid fds and C strings.
-            cvt(unsafe {
-                libc::linkat(
-                    from_dir.as_raw_fd(),
-                    cf.as_ptr(),
-                    to_dir.as_raw_fd(),
-                    ct.as_ptr(),
-                    0,
-                )
-            })?;
+            link_at(from_dir, &cf, to_dir, &ct)?;
         }
         sys::fstatat_nofollow(to_dir, &cstr(to)?)
     }

@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::{LayerIdx, LayerStack, MergedDir, Resolved, layer_display};
 use crate::error::{Error, Result};
-use crate::layers::{FileKind, Probe, RelPath, Stat};
+use crate::layers::{FileKind, FileMarks, Probe, RelPath, Stat};
 
 /// What a copy-up is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,20 +79,9 @@ impl LayerStack {
     ) -> Result<Option<LowerData>> {
         let layer = self.layer(from);
         let shown = || layer_display(layer, path);
-        let marks = layer
-            .file_marks(path)
-            .map_err(|e| Error::io(e, "lookup", shown()))?;
-        if !marks.metacopy {
+        let Some(marks) = self.metacopy_marks(from, path)? else {
             return Ok(None);
-        }
-        if !self.metacopy {
-            return Err(Error::new(
-                libc::EPERM,
-                "lookup",
-                shown(),
-                "refusing to follow a metacopy file (mount with metacopy=on)",
-            ));
-        }
+        };
         if marks.redirect.is_some() && !self.redirect_dir.follows() {
             return Err(Error::new(
                 libc::EPERM,
@@ -112,6 +101,28 @@ impl LayerStack {
         }
     }
 
+    /// The marks of `path` in layer `from` if it is a metacopy file. Without
+    /// `metacopy=on` such a file is refused (EPERM), as the kernel refuses
+    /// to follow it.
+    fn metacopy_marks(&self, from: LayerIdx, path: &RelPath) -> Result<Option<FileMarks>> {
+        let layer = self.layer(from);
+        let marks = layer
+            .file_marks(path)
+            .map_err(|e| Error::io(e, "lookup", layer_display(layer, path)))?;
+        if !marks.metacopy {
+            return Ok(None);
+        }
+        if !self.metacopy {
+            return Err(Error::new(
+                libc::EPERM,
+                "lookup",
+                layer_display(layer, path),
+                "refusing to follow a metacopy file (mount with metacopy=on)",
+            ));
+        }
+        Ok(Some(marks))
+    }
+
     /// A metacopy index entry `key` (a hard-linked lower file changed in
     /// metadata only) reads the lower name it was reached by (`layer`,
     /// `path`, with `stat`).
@@ -122,20 +133,8 @@ impl LayerStack {
         path: &RelPath,
         stat: &Stat,
     ) -> Result<Option<LowerData>> {
-        let index = self.layer(super::INDEX_LAYER);
-        let marks = index
-            .file_marks(key)
-            .map_err(|e| Error::io(e, "lookup", layer_display(index, key)))?;
-        if !marks.metacopy {
+        if self.metacopy_marks(super::INDEX_LAYER, key)?.is_none() {
             return Ok(None);
-        }
-        if !self.metacopy {
-            return Err(Error::new(
-                libc::EPERM,
-                "lookup",
-                layer_display(index, key),
-                "refusing to follow a metacopy file (mount with metacopy=on)",
-            ));
         }
         Ok(Some(LowerData {
             layer,
