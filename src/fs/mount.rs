@@ -180,7 +180,17 @@ impl Mounted {
                     lazy_unmount(&mountpoint);
                 }
             })?;
-        self.session.run()
+        match self.session.run() {
+            // The kernel ends a connection at unmount (or `umount -f`) by
+            // aborting it; a worker that was just taking a request then
+            // reads ECONNABORTED instead of ENODEV. Either way the mount
+            // is gone and nothing is left to serve.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+                info!("the kernel ended the connection while a request was read");
+                Ok(())
+            }
+            other => other,
+        }
     }
 }
 
