@@ -90,11 +90,18 @@ impl LayerFs {
         offset: u64,
         reply: &mut ReplyDirectoryPlus,
     ) -> Result<()> {
-        let dir_attr = self.attr(&*self.node(ino, "readdirplus")?);
+        // "." and ".." need a directory's attributes (the kernel reads only
+        // the type and number); a read past them does not.
+        let dir_attr = if offset < 2 {
+            Some(self.attr(&*self.node(ino, "readdirplus")?))
+        } else {
+            None
+        };
         let mut added = 0usize;
         let mut failed = None;
         self.do_readdir(ino, fh, offset, |entry| {
-            let (attr, generation) = if entry.offset <= 2 {
+            let (attr, generation) = if let Some(dir_attr) = dir_attr.filter(|_| entry.offset <= 2)
+            {
                 let attr = FileAttr {
                     ino: entry.ino,
                     ..dir_attr

@@ -360,20 +360,26 @@ pub fn spec_from_lowers(
     }
     merge_path(&mut spec.upper, upper, "--upper", "-o upperdir=")?;
     merge_path(&mut spec.work, work, "--work", "-o workdir=")?;
-    if spec.lowers.is_empty() {
-        return Err(OptionsError::NoLower);
-    }
-    match (&spec.upper, &spec.work) {
-        (Some(u), None) => return Err(OptionsError::UpperWithoutWork(u.clone())),
-        (None, Some(w)) => return Err(OptionsError::WorkWithoutUpper(w.clone())),
-        _ => {}
-    }
+    check_layers_given(&spec)?;
     if parsed.volatile && spec.upper.is_none() {
         return Err(OptionsError::NeedsUpper("volatile"));
     }
     // fuse-overlayfs's fsync=0 is volatile where there is something to sync.
     spec.volatile = parsed.volatile || (spec.engine.no_fsync && spec.upper.is_some());
     Ok(spec)
+}
+
+/// At least one lower layer, and an upper only with a work dir (checked
+/// when parsing, and again for a spec built another way).
+pub(super) fn check_layers_given(spec: &MountSpec) -> Result<(), OptionsError> {
+    if spec.lowers.is_empty() {
+        return Err(OptionsError::NoLower);
+    }
+    match (&spec.upper, &spec.work) {
+        (Some(u), None) => Err(OptionsError::UpperWithoutWork(u.clone())),
+        (None, Some(w)) => Err(OptionsError::WorkWithoutUpper(w.clone())),
+        _ => Ok(()),
+    }
 }
 
 fn merge_path(

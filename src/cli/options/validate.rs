@@ -39,14 +39,7 @@ impl Dir {
 /// Checks `spec` and `mountpoint` against the filesystem without changing
 /// anything. The first problem found is returned.
 pub fn validate(spec: &MountSpec, mountpoint: &Path) -> Result<ValidatedMount, OptionsError> {
-    if spec.lowers.is_empty() {
-        return Err(OptionsError::NoLower);
-    }
-    match (&spec.upper, &spec.work) {
-        (Some(u), None) => return Err(OptionsError::UpperWithoutWork(u.clone())),
-        (None, Some(w)) => return Err(OptionsError::WorkWithoutUpper(w.clone())),
-        _ => {}
-    }
+    super::check_layers_given(spec)?;
     let read_only = spec.read_only || spec.upper.is_none();
 
     let lowers = spec
