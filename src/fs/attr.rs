@@ -13,6 +13,12 @@ impl LayerFs {
     /// The attributes to report. Upper objects change under our own
     /// writes, so they are read again; lower ones never change.
     pub(super) fn attr(&self, node: &Node) -> FileAttr {
+        self.attr_of(node, true)
+    }
+
+    /// Attributes of `node`; `restat`: read those of an upper copy again
+    /// (false only where the caller has just made it and knows them).
+    pub(super) fn attr_of(&self, node: &Node, restat: bool) -> FileAttr {
         let mut obj = node.obj();
         // A lower name of a hard-linked file whose index copy was made
         // since (through another name): it shows that copy from now on.
@@ -35,7 +41,7 @@ impl LayerFs {
             obj = node.obj();
         }
         let upper_copy = obj.layer == 0 || obj.layer == INDEX_LAYER;
-        let stale = upper_copy && self.stack.is_writable();
+        let stale = restat && upper_copy && self.stack.is_writable();
         let stat = if stale {
             match self.stack.restat(&obj) {
                 Ok(st) if st.same_object(&obj.stat) => {

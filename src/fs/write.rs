@@ -165,7 +165,10 @@ impl LayerFs {
             node.set_empty_listing();
         }
         self.renumbered(&dir, name, &node, listed)?;
-        Ok((self.attr(&node), Self::generation(&node), fd))
+        // Its stat is the one just taken, unless an override xattr was
+        // written since (a new ctime).
+        let attr = self.attr_of(&node, override_name.is_some());
+        Ok((attr, Self::generation(&node), fd))
     }
 
     pub(super) fn do_remove(&self, parent: INodeNo, name: &OsStr, want_dir: bool) -> Result<()> {

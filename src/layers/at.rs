@@ -5,7 +5,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sys::time::TimeSpec;
 
@@ -151,14 +151,47 @@ pub(super) fn link_at(
 /// Create a new empty regular file (mode 0600), failing if the name is
 /// taken.
 pub(super) fn create_excl(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
-    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
-    // SAFETY: valid fd and C string; the fd is owned below.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, 0o600) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
+    nix::fcntl::openat(
+        dir,
+        name,
+        flags,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Create the regular file `dir/name`, open read-write, as its owner
+/// (sys::ActingOwner): owner and mode are right from the first moment,
+/// with one call. None where this thread cannot act as another owner, or
+/// the file came out with another owner or mode (a default ACL of the
+/// directory, an id the namespace does not map): it is removed again and
+/// the caller sets them after creating.
+pub(super) fn create_as_owner(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    perm: u32,
+    uid: u32,
+    gid: u32,
+) -> io::Result<Option<(OwnedFd, sys::Stat)>> {
+    use nix::fcntl::OFlag;
+    let Some(owner) = sys::ActingOwner::assume(uid, gid) else {
+        return Ok(None);
+    };
+    let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
+    let mode = nix::sys::stat::Mode::from_bits_truncate(perm & 0o7777);
+    let created = nix::fcntl::openat(dir, name, flags, mode);
+    drop(owner);
+    let fd = created?;
+    let st = sys::fstat(fd.as_fd());
+    if let Ok(st) = st
+        && (st.uid, st.gid, st.mode & 0o7777) == (uid, gid, perm & 0o7777)
+    {
+        return Ok(Some((fd, st)));
     }
-    // SAFETY: fd was just opened and is ours.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+    st.map(|_| None)
 }
 
 pub(super) fn create_empty(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {

@@ -496,3 +496,70 @@ pub fn return_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+thread_local! {
+    /// Whether this thread may act as another owner and keep its
+    /// capabilities (see [`ActingOwner`]); found out on first use.
+    static KEEPS_CAPS_AS_OWNER: std::cell::Cell<Option<bool>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// This thread's filesystem uid and gid set to a new object's owner, so
+/// what it creates is owned by them from the start, as the kernel's
+/// overlayfs creates with the caller's fsuid. Changing the fsuid away
+/// from 0 would drop the thread's file capabilities (and the caller's
+/// permission was checked on the merged directory already, groups and
+/// all), so the thread first sets SECBIT_NO_SETUID_FIXUP: securebits
+/// are per thread, and only the FUSE workers that create files set it.
+/// Dropping the value restores the ids.
+#[derive(Debug)]
+pub struct ActingOwner {
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+}
+
+impl ActingOwner {
+    /// None where the thread cannot keep its capabilities (no
+    /// CAP_SETPCAP: not root in its namespace): the caller sets the
+    /// owner after creating instead.
+    pub fn assume(uid: u32, gid: u32) -> Option<ActingOwner> {
+        let keeps = KEEPS_CAPS_AS_OWNER.with(|k| {
+            let keeps = k
+                .get()
+                .unwrap_or_else(|| nix::unistd::geteuid().is_root() && keep_caps_on_id_change());
+            k.set(Some(keeps));
+            keeps
+        });
+        if !keeps {
+            return None;
+        }
+        let gid = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
+        let uid = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+        Some(ActingOwner { uid, gid })
+    }
+}
+
+impl Drop for ActingOwner {
+    fn drop(&mut self) {
+        nix::unistd::setfsuid(self.uid);
+        nix::unistd::setfsgid(self.gid);
+    }
+}
+
+/// Set SECBIT_NO_SETUID_FIXUP for this thread; whether it holds now.
+fn keep_caps_on_id_change() -> bool {
+    // SAFETY: prctl with integer arguments only.
+    let bits = unsafe { libc::prctl(libc::PR_GET_SECUREBITS) };
+    if bits < 0 {
+        return false;
+    }
+    let want = bits | libc::SECBIT_NO_SETUID_FIXUP;
+    // SAFETY: as above.
+    want == bits
+        || unsafe {
+            libc::prctl(
+                libc::PR_SET_SECUREBITS,
+                libc::c_ulong::try_from(want).unwrap_or(0),
+            )
+        } == 0
+}

@@ -320,13 +320,13 @@ impl Upper {
     }
 
     /// Create the regular file `dir/name`, where no whiteout is to be
-    /// replaced, owned by uid/gid with exactly `perm`: made unnamed in
-    /// `dir` (O_TMPFILE), its owner and mode set through the fd, then
-    /// linked in, so it is never seen half made and needs neither the work
-    /// dir nor a rename (the kernel's overlayfs, too, creates in place
-    /// where no whiteout is replaced). Returns it open read-write, with its
-    /// stat; None where the upper filesystem has no O_TMPFILE (the caller
-    /// then goes through the work dir).
+    /// replaced, owned by uid/gid with exactly `perm`: made as its owner
+    /// (at::create_as_owner), or else unnamed in `dir` (O_TMPFILE), its
+    /// owner and mode set through the fd, then linked in; so it is never
+    /// seen half made and needs neither the work dir nor a rename (the
+    /// kernel's overlayfs, too, creates in place where no whiteout is
+    /// replaced). Returns it open read-write, with its stat; None where
+    /// neither way is open here (the caller then goes through the work dir).
     pub fn create_file_in_place(
         &self,
         dir: BorrowedFd<'_>,
@@ -337,6 +337,9 @@ impl Upper {
     ) -> io::Result<Option<(OwnedFd, Stat)>> {
         use nix::errno::Errno;
         use nix::sys::stat::Mode;
+        if let Some(made) = super::at::create_as_owner(dir, &cstr(name)?, perm, uid, gid)? {
+            return Ok(Some(made));
+        }
         if self.no_tmpfile.load(Ordering::Relaxed) {
             return Ok(None);
         }
