@@ -162,35 +162,60 @@ pub(super) fn create_excl(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedF
     .map_err(io::Error::from)
 }
 
-/// Create the regular file `dir/name`, open read-write, as its owner
-/// (sys::ActingOwner): owner and mode are right from the first moment,
-/// with one call. None where this thread cannot act as another owner, or
-/// the file came out with another owner or mode (a default ACL of the
-/// directory, an id the namespace does not map): it is removed again and
-/// the caller sets them after creating.
+/// Make `obj` as `dir/name` as its owner (sys::ActingOwner): owner and
+/// mode are right from the first moment, with one call; a regular file
+/// comes back open read-write. None where this thread cannot act as
+/// another owner, or the object came out with another owner or mode (a
+/// default ACL of the directory, an id the namespace does not map): it
+/// is removed again and the caller makes it another way.
 pub(super) fn create_as_owner(
     dir: BorrowedFd<'_>,
     name: &CStr,
+    obj: &NewObject<'_>,
     perm: u32,
     uid: u32,
     gid: u32,
-) -> io::Result<Option<(OwnedFd, sys::Stat)>> {
+) -> io::Result<Option<(Option<OwnedFd>, sys::Stat)>> {
     use nix::fcntl::OFlag;
+    use nix::sys::stat::{Mode, SFlag};
     let Some(owner) = sys::ActingOwner::assume(uid, gid) else {
         return Ok(None);
     };
-    let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
-    let mode = nix::sys::stat::Mode::from_bits_truncate(perm & 0o7777);
-    let created = nix::fcntl::openat(dir, name, flags, mode);
+    let mode = Mode::from_bits_truncate(perm & 0o7777);
+    let made = match obj {
+        NewObject::File => {
+            let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
+            nix::fcntl::openat(dir, name, flags, mode).map(Some)
+        }
+        NewObject::Dir => nix::sys::stat::mkdirat(dir, name, mode).map(|()| None),
+        NewObject::Symlink(target) => {
+            nix::unistd::symlinkat(&*cstr(target)?, dir, name).map(|()| None)
+        }
+        NewObject::Node { mode: full, rdev } => {
+            let kind = SFlag::from_bits_truncate(full & libc::S_IFMT);
+            nix::sys::stat::mknodat(dir, name, kind, mode, *rdev).map(|()| None)
+        }
+    };
     drop(owner);
-    let fd = created?;
-    let st = sys::fstat(fd.as_fd());
+    let fd = made?;
+    let st = match &fd {
+        Some(fd) => sys::fstat(fd.as_fd()),
+        None => sys::fstatat_nofollow(dir, name),
+    };
+    // A symlink's mode is always 0777.
+    let want_perm = matches!(obj, NewObject::Symlink(_))
+        .then_some(0o777)
+        .unwrap_or(perm);
     if let Ok(st) = st
-        && (st.uid, st.gid, st.mode & 0o7777) == (uid, gid, perm & 0o7777)
+        && (st.uid, st.gid, st.mode & 0o7777) == (uid, gid, want_perm & 0o7777)
     {
         return Ok(Some((fd, st)));
     }
-    nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+    let flag = match obj {
+        NewObject::Dir => nix::unistd::UnlinkatFlags::RemoveDir,
+        _ => nix::unistd::UnlinkatFlags::NoRemoveDir,
+    };
+    nix::unistd::unlinkat(dir, name, flag)?;
     st.map(|_| None)
 }
 

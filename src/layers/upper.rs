@@ -319,26 +319,31 @@ impl Upper {
         self.finish(&tmp, result, dir, name)
     }
 
-    /// Create the regular file `dir/name`, where no whiteout is to be
-    /// replaced, owned by uid/gid with exactly `perm`: made as its owner
-    /// (at::create_as_owner), or else unnamed in `dir` (O_TMPFILE), its
-    /// owner and mode set through the fd, then linked in; so it is never
-    /// seen half made and needs neither the work dir nor a rename (the
-    /// kernel's overlayfs, too, creates in place where no whiteout is
-    /// replaced). Returns it open read-write, with its stat; None where
-    /// neither way is open here (the caller then goes through the work dir).
-    pub fn create_file_in_place(
+    /// Create `obj` as `dir/name`, where no whiteout is to be replaced,
+    /// owned by uid/gid with exactly `perm`: made as its owner
+    /// (at::create_as_owner), or else, for a regular file, unnamed in
+    /// `dir` (O_TMPFILE), its owner and mode set through the fd, then
+    /// linked in; so it is never seen half made and needs neither the work
+    /// dir nor a rename (the kernel's overlayfs, too, creates in place
+    /// where no whiteout is replaced). Returns its stat, and a regular
+    /// file open read-write; None where neither way is open here (the
+    /// caller then goes through the work dir).
+    pub fn create_in_place(
         &self,
         dir: BorrowedFd<'_>,
         name: &OsStr,
+        obj: &NewObject<'_>,
         perm: u32,
         uid: u32,
         gid: u32,
-    ) -> io::Result<Option<(OwnedFd, Stat)>> {
+    ) -> io::Result<Option<(Option<OwnedFd>, Stat)>> {
         use nix::errno::Errno;
         use nix::sys::stat::Mode;
-        if let Some(made) = super::at::create_as_owner(dir, &cstr(name)?, perm, uid, gid)? {
+        if let Some(made) = super::at::create_as_owner(dir, &cstr(name)?, obj, perm, uid, gid)? {
             return Ok(Some(made));
+        }
+        if !matches!(obj, NewObject::File) {
+            return Ok(None);
         }
         if self.no_tmpfile.load(Ordering::Relaxed) {
             return Ok(None);
@@ -369,7 +374,7 @@ impl Upper {
             nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
         )?;
         let st = sys::fstat(fd.as_fd())?;
-        Ok(Some((fd, st)))
+        Ok(Some((Some(fd), st)))
     }
 
     /// After building `work/tmp` and installing it as `dir/name`: on

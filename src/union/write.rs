@@ -184,14 +184,16 @@ impl LayerStack {
                 .ok_or_else(|| Error::errno(libc::EINVAL, "mknod", &path))?,
         };
         let dir = std::os::fd::AsFd::as_fd(&dir);
+        // An opaque directory is made whole in the work dir.
         let in_place = match (&obj, whiteout) {
-            (NewObject::File, None) => upper.create_file_in_place(dir, name, perm, uid, gid),
+            (NewObject::Dir, None) if hidden => Ok(None),
+            (_, None) => upper.create_in_place(dir, name, &obj, perm, uid, gid),
             _ => Ok(None),
         };
         let in_place = in_place
             .map_err(|e| Error::io(e, "create", super::layer_display(self.layer(0), &path)))?;
         let (stat, fd) = match in_place {
-            Some((fd, stat)) => (stat, Some(fd)),
+            Some((fd, stat)) => (stat, fd),
             None => {
                 let stat = upper
                     .create(dir, name, &obj, perm, uid, gid, whiteout.is_some(), hidden)
