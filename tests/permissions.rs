@@ -49,6 +49,14 @@ fn make_lower(lower: &Path) {
     file("mine/sgid-exec", 0o2775, NOBODY);
     file("mine/plain", 0o644, NOBODY);
     file("pub/roots-in-pub", 0o666, 0);
+    // Written or truncated by nobody, and by root (who keeps the bits).
+    file("mine/suid-trunc", 0o4755, NOBODY);
+    file("pub/suid-root", 0o4777, 0);
+    file("pub/suid-otrunc", 0o4777, 0);
+    file("pub/sgid-exec", 0o2777, 0);
+    file("pub/sgid-noexec", 0o2666, 0);
+    file("pub/root-writes-suid", 0o4777, NOBODY);
+    file("pub/root-truncates-sgid", 0o2777, NOBODY);
 }
 
 /// Each line is one call; the transcript has its exit status and output.
@@ -106,32 +114,52 @@ t getfattr -n user.x --only-values mine/plain
 t setfattr -n trusted.x -v 1 mine/plain
 t ls sgid
 t ls -1 pub
+t truncate -s 1 mine/suid-trunc
+t stat -c '%a' mine/suid-trunc
+t sh -c 'echo y >> pub/suid-root'
+t sh -c ': > pub/suid-otrunc'
+t sh -c 'echo y >> pub/sgid-exec'
+t sh -c 'echo y >> pub/sgid-noexec'
+t stat -c '%a' pub/suid-root pub/suid-otrunc pub/sgid-exec pub/sgid-noexec
 t ls -1 mine
 "#;
 
-/// Runs the script as nobody with `dir` as the working directory.
+/// Run as root afterwards: CAP_FSETID keeps setuid and setgid bits on a
+/// write and a truncate.
+const ROOT_SCRIPT: &str = r#"
+t() { out=$("$@" 2>&1); echo "$? $* :: $(echo "$out" | sed 's/^[^:]*: //' | head -1)"; }
+t sh -c 'echo y >> pub/root-writes-suid'
+t truncate -s 1 pub/root-truncates-sgid
+t stat -c '%a' pub/root-writes-suid pub/root-truncates-sgid
+"#;
+
+/// Runs the script as nobody, then the root script, with `dir` as the
+/// working directory.
 fn transcript(dir: &Path) -> String {
     // The mount point's temp parent must let nobody through.
     if let Some(parent) = dir.parent() {
         fs::set_permissions(parent, fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(SCRIPT)
-        .current_dir(dir)
-        .uid(NOBODY)
-        .gid(NOGROUP)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
-        .env("LC_ALL", "C")
-        .output()
-        .expect("running the script as nobody");
-    assert!(
-        out.status.success(),
-        "the script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let run = |script: &str, as_nobody: bool| {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+            .env("LC_ALL", "C");
+        if as_nobody {
+            cmd.uid(NOBODY).gid(NOGROUP);
+        }
+        let out = cmd.output().expect("running the script");
+        assert!(
+            out.status.success(),
+            "the script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(SCRIPT, true) + &run(ROOT_SCRIPT, false)
 }
 
 #[test]

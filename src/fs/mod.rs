@@ -2,6 +2,7 @@
 //! onto errnos. Inode and handle tables, TTLs and passthrough live here.
 
 mod attr;
+mod caller;
 mod dir;
 mod fusermount;
 mod guard;
@@ -316,6 +317,7 @@ impl Filesystem for LayerFs {
             // the kernel decides per directory whether to ask for that.
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             let _ = config.add_capabilities(cap);
         }
@@ -783,7 +785,7 @@ impl Filesystem for LayerFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -791,7 +793,7 @@ impl Filesystem for LayerFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -809,7 +811,11 @@ impl Filesystem for LayerFs {
             atime: atime.map(write::time_spec),
             mtime: mtime.map(write::time_spec),
         };
-        match self.do_setattr(ino, &change, fh) {
+        // A setattr asking for nothing, not even ctime (which chown -1 -1
+        // sends): the kernel removing privileges before a write
+        // (FUSE_HANDLE_KILLPRIV_V2 leaves the setuid and setgid bits to us).
+        let privs_only = change.is_empty() && ctime.is_none();
+        match self.do_setattr(req, ino, &change, fh, privs_only) {
             Ok(attr) => reply.attr(&LOWER_TTL, &attr),
             Err(e) => reply.error(errno_of(&e)),
         }

@@ -3,7 +3,7 @@
 //! (whiteouts, opaque directories, where data goes) are `union::write`'s.
 
 use std::ffi::OsStr;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::sync::{Arc, MutexGuard, PoisonError};
 
 use fuser::{FileAttr, FileHandle, Generation, INodeNo, Request, TimeOrNow};
@@ -457,9 +457,11 @@ impl LayerFs {
 
     pub(super) fn do_setattr(
         &self,
+        req: &Request,
         ino: INodeNo,
         change: &AttrChange,
         fh: Option<FileHandle>,
+        privs_only: bool,
     ) -> Result<FileAttr> {
         let node = self.node(ino, "setattr")?;
         self.writable("setattr", &node)?;
@@ -474,11 +476,24 @@ impl LayerFs {
         let obj = node.obj();
         // Removed (or its name reused) since the kernel looked it up: only
         // a truncate through an open handle still reaches it.
-        let gone = !self
-            .stack
-            .restat(&obj)
-            .is_ok_and(|st| st.same_object(&obj.stat));
-        let mut change = self.owner_change(&obj, change)?;
+        let now = self.stack.restat(&obj).ok();
+        let gone = !now.is_some_and(|st| st.same_object(&obj.stat));
+        let mut change = change.clone();
+        // A write or truncate by a caller without CAP_FSETID clears setuid
+        // and setgid bits; the kernel leaves that to us
+        // (FUSE_HANDLE_KILLPRIV_V2).
+        let st = now.unwrap_or(obj.stat);
+        let kill = ((change.size.is_some() || privs_only)
+            && change.mode.is_none()
+            && st.mode & (libc::S_ISUID | libc::S_ISGID) != 0)
+            .then(|| super::caller::Caller::of(req).mode_after_write(st.mode, st.gid))
+            .filter(|kept| *kept != st.mode)
+            .map(|kept| kept & 0o7777);
+        if privs_only && kill.is_none() {
+            return Ok(self.attr(&node));
+        }
+        change.mode = change.mode.or(kill);
+        let mut change = self.owner_change(&obj, &change)?;
         // Truncating an open file goes through its handle: the path may be
         // unlinked already.
         if let (Some(size), Some(fh)) = (change.size, fh)
@@ -490,12 +505,14 @@ impl LayerFs {
                 .set_len(size)
                 .map_err(|e| Error::io(e, "truncate", &obj.path))?;
             change.size = None;
-            if change.mode.is_none()
-                && change.uid.is_none()
-                && change.gid.is_none()
-                && change.atime.is_none()
-                && change.mtime.is_none()
-            {
+            if let Some(mode) = kill.filter(|_| self.view.is_identity()) {
+                // What the truncate clears goes through the handle too.
+                f.file
+                    .set_permissions(std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| Error::io(e, "truncate", &obj.path))?;
+                change.mode = None;
+            }
+            if change.is_empty() {
                 // ftruncate alone: done, and no empty setattr (which would
                 // touch ctime with a chown that clears setuid bits).
                 let stat = self.stack.restat(&obj)?;

@@ -37,6 +37,18 @@ pub struct AttrChange {
     pub mtime: Option<(i64, i64)>,
 }
 
+impl AttrChange {
+    /// Nothing to change (a setattr with no attribute: chown -1 -1).
+    pub fn is_empty(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+    }
+}
+
 /// The two names of a rename, checked (see [`LayerStack::check_rename`]).
 #[derive(Debug)]
 pub struct RenameCheck {
@@ -704,11 +716,7 @@ impl LayerStack {
         // A setattr that changes nothing (chown(path, -1, -1)) still
         // touches ctime, as it does on the kernel's overlayfs and ext4:
         // chown with -1, -1 is how to ask the upper filesystem for that.
-        let nothing = change.mode.is_none()
-            && change.size.is_none()
-            && change.atime.is_none()
-            && change.mtime.is_none();
-        if change.uid.is_some() || change.gid.is_some() || nothing {
+        if change.uid.is_some() || change.gid.is_some() || change.is_empty() {
             // None (-1) leaves an id unchanged.
             nix::unistd::fchownat(
                 dfd,
