@@ -173,6 +173,10 @@ class Mount:
         self.bench, self.impl, self.mode, self.base = bench, impl, mode, base
         self.mnt = os.path.join(base, "mnt")
         self.layers = list(layers)
+        # Upper and work dir, relative to base: in fresh/ when that is an
+        # UpperFs of its own (Bench.setup), else plain dirs in base.
+        self.upper, self.work = "upper", "work"
+        self.upper_fs = None
         self.pid = None
         self.hwm = 0  # peak VmHWM over this variant's daemons, KiB
         self.mounted = False
@@ -187,7 +191,7 @@ class Mount:
         at = (lambda p: p) if relative else (lambda p: os.path.join(self.base, p))
         o = "lowerdir=" + ":".join(at(p) for p in self.layers)
         if self.mode == "rw":
-            o += f",upperdir={at('upper')},workdir={at('work')}"
+            o += f",upperdir={at(self.upper)},workdir={at(self.work)}"
             if self.impl in os.environ.get("BENCH_METACOPY", "").split(","):
                 o += ",metacopy=on"
         return o
@@ -264,6 +268,86 @@ class Mount:
         if not self.umount():
             raise RuntimeError(f"{self.label}: cannot unmount {self.mnt}")
         self.mount()
+
+
+# The size of an upper's filesystem, at least: one repetition of every
+# writing workload left 123 MiB and at most 11 700 inodes in an upper,
+# its untarred tree (51 MiB tar here) included, which stays until the
+# "rm -rf of it" row (Bench.make_uppers grows the size for a bigger
+# tree). The image is sparse: only what is written takes space.
+UPPER_FS_GIB = 4
+UPPER_PER_REP = 100 * MiB  # what a repetition leaves besides the untarred tree, with room
+
+
+class UpperFs:
+    """A freshly made ext4 of its own, for one writable mount's upper and
+    work dir: a sparse image base/fresh.img, loop-mounted at base/fresh.
+    Every implementation's creates then start from the same empty inode
+    allocator, not from the history of the filesystem under /tmp (whose
+    search for a free inode among recently deleted ones made the write
+    rows swing tenfold; docs/performance.md)."""
+
+    def __init__(self, base, gib):
+        self.image = os.path.join(base, "fresh.img")
+        self.dir = os.path.join(base, "fresh")
+        self.gib = gib
+        self.mounted = False
+
+    def make(self):
+        """Raises RuntimeError, with the command's own words, on failure."""
+        os.mkdir(self.dir)
+        # The inode tables and journal are zeroed by mkfs (cheaply: the
+        # image is sparse), so no ext4lazyinit thread writes behind the
+        # workloads' back.
+        for cmd in (["truncate", "-s", f"{self.gib}G", self.image],
+                    ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+                     self.image]):
+            r = run(cmd, check=False, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)}: {(r.stderr or r.stdout).strip()}")
+        cmd = ["mount", "-o", "loop", self.image, self.dir]
+        r = run(cmd, check=False, capture_output=True, text=True)
+        # Record it as ours before anything else can fail.
+        if self.dir in mountpoints():
+            self.mounted = True
+        if r.returncode != 0 or not self.mounted:
+            raise RuntimeError(f"{' '.join(cmd)}: {(r.stderr or r.stdout).strip()}")
+        for sub in ("upper", "work"):
+            os.mkdir(os.path.join(self.dir, sub))
+
+    def loop_devices(self):
+        """The loop devices backed by the image (`losetup -j`)."""
+        r = run(["losetup", "-j", self.image], check=False, capture_output=True, text=True)
+        return [ln.split(":", 1)[0] for ln in r.stdout.splitlines() if ln.strip()]
+
+    def remove(self):
+        """Unmount it (after the union mount on it is gone), release its
+        loop device and delete the image; False if it is still mounted."""
+        # (mountinfo too: a signal may have come between mount and record.)
+        if self.mounted or self.dir in mountpoints():
+            for _ in range(5):  # busy for a moment? retry
+                r = run(["umount", self.dir], check=False, capture_output=True, text=True)
+                if self.dir not in mountpoints():
+                    break
+                time.sleep(0.2)
+            if self.dir in mountpoints():
+                log(f"bench: ERROR: umount {self.dir}: {r.stderr.strip()}")
+                return False
+            self.mounted = False
+        # mount -o loop sets autoclear: the device goes with the last
+        # unmount, perhaps a moment later. Detach it if it stays.
+        end = time.monotonic() + 2
+        while self.loop_devices() and time.monotonic() < end:
+            time.sleep(0.1)
+        for dev in self.loop_devices():
+            r = run(["losetup", "-d", dev], check=False, capture_output=True, text=True)
+            if r.returncode != 0:
+                log(f"bench: losetup -d {dev} ({self.image}): {r.stderr.strip()}")
+        try:
+            os.unlink(self.image)
+        except FileNotFoundError:
+            pass
+        return True
 
 
 # BENCH_ONLY=REGEX runs only the workloads whose name matches (quick checks).
@@ -363,9 +447,7 @@ class Bench:
         t_copy = time.perf_counter() - t_copy
         for m in self.mounts + self.mounts128:
             os.mkdir(m.mnt)
-            if m.mode == "rw":
-                os.mkdir(os.path.join(m.base, "upper"))
-                os.mkdir(os.path.join(m.base, "work"))
+        self.make_uppers([m for m in self.mounts + self.mounts128 if m.mode == "rw"])
         shutil.rmtree(stack)
         log(f"stack built and copied {len(self.mounts)}x in {time.perf_counter() - t0:.1f}s "
             f"(the copies {t_copy:.1f}s) under {self.tmp}"
@@ -378,6 +460,39 @@ class Bench:
         if self.mounts128:
             self.check_same_trees(self.mounts128)
         log(f"mounted and compared in {time.perf_counter() - t0:.1f}s")
+
+    def make_uppers(self, mounts):
+        """Each writable mount's upper and work dir on an UpperFs of its
+        own; plain dirs in its base (as before) if the first cannot be
+        made (no mkfs.ext4, no loop devices), said in one line."""
+        why = None if shutil.which("mkfs.ext4") else "no mkfs.ext4"
+        need = self.reps * (os.path.getsize(self.rootfs_tar) + UPPER_PER_REP)
+        gib = max(UPPER_FS_GIB, -(-2 * need // (1 << 30)))  # twice that, rounded up
+        for m in mounts:
+            if not why:
+                fs = UpperFs(m.base, gib)
+                m.upper_fs = fs  # cleanup removes it, whatever happens next
+                try:
+                    fs.make()
+                    m.upper, m.work = "fresh/upper", "fresh/work"
+                    continue
+                except RuntimeError as e:
+                    if m is not mounts[0]:
+                        raise
+                    why = str(e)
+                    if not fs.remove():
+                        raise RuntimeError(f"cannot remove {fs.dir}") from e
+                    m.upper_fs = None
+            os.mkdir(os.path.join(m.base, m.upper))
+            os.mkdir(os.path.join(m.base, m.work))
+        if not mounts:
+            return
+        if why:
+            log(f"uppers: plain dirs on the filesystem of {self.tmp} "
+                f"(a fresh ext4 each could not be made: {why})")
+        else:
+            log(f"uppers: a fresh {gib} GiB ext4 per writable mount "
+                f"(loop, {len(mounts)} of them)")
 
     def check_same_trees(self, mounts):
         """Every mount must show the same tree, or the numbers mean nothing.
@@ -484,6 +599,16 @@ class Bench:
             except Exception as e:  # keep going: every mount must go
                 log(f"bench: unmounting {m.mnt}: {e}")
                 ok = False
+        # The uppers' filesystems, once the union mounts on them are gone.
+        for m in reversed(self.mounts + self.mounts128):
+            if m.upper_fs and not m.mounted:
+                try:
+                    ok = m.upper_fs.remove() and ok
+                except Exception as e:  # keep going: every mount must go
+                    log(f"bench: unmounting {m.upper_fs.dir}: {e}")
+                    ok = False
+            elif m.upper_fs:
+                log(f"bench: ERROR: {m.mnt} is still mounted, so is {m.upper_fs.dir}")
         # Reap whatever else we adopted as subreaper (the mount commands'
         # intermediate processes).
         while True:
