@@ -793,7 +793,7 @@ impl Filesystem for LayerFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        ctime: Option<SystemTime>,
+        _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -811,11 +811,7 @@ impl Filesystem for LayerFs {
             atime: atime.map(write::time_spec),
             mtime: mtime.map(write::time_spec),
         };
-        // A setattr asking for nothing, not even ctime (which chown -1 -1
-        // sends): the kernel removing privileges before a write
-        // (FUSE_HANDLE_KILLPRIV_V2 leaves the setuid and setgid bits to us).
-        let privs_only = change.is_empty() && ctime.is_none();
-        match self.do_setattr(req, ino, &change, fh, privs_only) {
+        match self.do_setattr(req, ino, &change, fh) {
             Ok(attr) => reply.attr(&LOWER_TTL, &attr),
             Err(e) => reply.error(errno_of(&e)),
         }

@@ -461,7 +461,6 @@ impl LayerFs {
         ino: INodeNo,
         change: &AttrChange,
         fh: Option<FileHandle>,
-        privs_only: bool,
     ) -> Result<FileAttr> {
         let node = self.node(ino, "setattr")?;
         self.writable("setattr", &node)?;
@@ -479,19 +478,17 @@ impl LayerFs {
         let now = self.stack.restat(&obj).ok();
         let gone = !now.is_some_and(|st| st.same_object(&obj.stat));
         let mut change = change.clone();
-        // A write or truncate by a caller without CAP_FSETID clears setuid
-        // and setgid bits; the kernel leaves that to us
-        // (FUSE_HANDLE_KILLPRIV_V2).
+        // A truncate, or the empty setattr of a chown -1 -1 or of the
+        // kernel removing privileges before a write, by a caller without
+        // CAP_FSETID clears setuid and setgid bits: with
+        // FUSE_HANDLE_KILLPRIV_V2 the kernel leaves that to us. (What a
+        // chown -1 -1 clears for anyone, the upper's own chown does.)
         let st = now.unwrap_or(obj.stat);
-        let kill = ((change.size.is_some() || privs_only)
-            && change.mode.is_none()
+        let kill = ((change.size.is_some() || change.is_empty())
             && st.mode & (libc::S_ISUID | libc::S_ISGID) != 0)
             .then(|| super::caller::Caller::of(req).mode_after_write(st.mode, st.gid))
             .filter(|kept| *kept != st.mode)
             .map(|kept| kept & 0o7777);
-        if privs_only && kill.is_none() {
-            return Ok(self.attr(&node));
-        }
         change.mode = change.mode.or(kill);
         let mut change = self.owner_change(&obj, &change)?;
         // Truncating an open file goes through its handle: the path may be
