@@ -110,30 +110,47 @@ pub(super) fn make_object(
     uid: u32,
     gid: u32,
 ) -> io::Result<()> {
-    let fd = dir.as_raw_fd();
     let kind = match obj {
-        NewObject::File => {
-            create_excl(dir, name)?;
-            FileKind::Regular
-        }
-        NewObject::Dir => {
-            // SAFETY: valid fd and C string.
-            cvt(unsafe { libc::mkdirat(fd, name.as_ptr(), 0o700) })?;
-            FileKind::Dir
-        }
-        NewObject::Symlink(target) => {
-            let t = cstr(target)?;
-            // SAFETY: valid fd and C strings.
-            cvt(unsafe { libc::symlinkat(t.as_ptr(), fd, name.as_ptr()) })?;
-            FileKind::Symlink
-        }
-        NewObject::Node { mode, rdev } => {
-            // SAFETY: valid fd and C string.
-            cvt(unsafe { libc::mknodat(fd, name.as_ptr(), (mode & libc::S_IFMT) | 0o600, *rdev) })?;
+        NewObject::File => FileKind::Regular,
+        NewObject::Dir => FileKind::Dir,
+        NewObject::Symlink(_) => FileKind::Symlink,
+        NewObject::Node { mode, .. } => {
             FileKind::from_mode(*mode).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?
         }
     };
+    // Private to the daemon until its owner and mode are set.
+    let private = if kind == FileKind::Dir { 0o700 } else { 0o600 };
+    make_entry(dir, name, obj, private)?;
     set_owner_mode(dir, name, kind, uid, gid, perm)
+}
+
+/// Make `obj` as `dir/name` with permission bits `perm` (a symlink has
+/// none), failing if the name is taken; a regular file comes back open
+/// read-write.
+fn make_entry(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    obj: &NewObject<'_>,
+    perm: u32,
+) -> io::Result<Option<OwnedFd>> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::{Mode, SFlag};
+    let mode = Mode::from_bits_truncate(perm & 0o7777);
+    let made = match obj {
+        NewObject::File => {
+            let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
+            nix::fcntl::openat(dir, name, flags, mode).map(Some)
+        }
+        NewObject::Dir => nix::sys::stat::mkdirat(dir, name, mode).map(|()| None),
+        NewObject::Symlink(target) => {
+            nix::unistd::symlinkat(&*cstr(target)?, dir, name).map(|()| None)
+        }
+        NewObject::Node { mode: full, rdev } => {
+            let kind = SFlag::from_bits_truncate(full & libc::S_IFMT);
+            nix::sys::stat::mknodat(dir, name, kind, mode, *rdev).map(|()| None)
+        }
+    };
+    made.map_err(io::Error::from)
 }
 
 /// A new name `to` in `to_dir` for `from` in `from_dir` (never following
@@ -176,26 +193,10 @@ pub(super) fn create_as_owner(
     uid: u32,
     gid: u32,
 ) -> io::Result<Option<(Option<OwnedFd>, sys::Stat)>> {
-    use nix::fcntl::OFlag;
-    use nix::sys::stat::{Mode, SFlag};
     let Some(owner) = sys::ActingOwner::assume(uid, gid) else {
         return Ok(None);
     };
-    let mode = Mode::from_bits_truncate(perm & 0o7777);
-    let made = match obj {
-        NewObject::File => {
-            let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
-            nix::fcntl::openat(dir, name, flags, mode).map(Some)
-        }
-        NewObject::Dir => nix::sys::stat::mkdirat(dir, name, mode).map(|()| None),
-        NewObject::Symlink(target) => {
-            nix::unistd::symlinkat(&*cstr(target)?, dir, name).map(|()| None)
-        }
-        NewObject::Node { mode: full, rdev } => {
-            let kind = SFlag::from_bits_truncate(full & libc::S_IFMT);
-            nix::sys::stat::mknodat(dir, name, kind, mode, *rdev).map(|()| None)
-        }
-    };
+    let made = make_entry(dir, name, obj, perm);
     drop(owner);
     let fd = made?;
     let st = match &fd {
