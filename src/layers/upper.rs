@@ -5,6 +5,8 @@
 //! single calls on a directory fd (make, remove, copy data, set times and
 //! owners) are in `at.rs`.
 
+mod copy_up;
+
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -13,12 +15,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::at::{
-    copy_data, create_empty, create_excl, link_at, make_object, remove_contents, remove_entry,
-    set_fd_times, set_xattr_at, with_proc_path,
+    copy_data, create_empty, link_at, make_object, remove_contents, remove_entry, set_xattr_at,
+    with_proc_path,
 };
 pub use super::at::{rename2, set_owner_mode, set_times};
 use super::index::{self, Index};
-use super::{FileKind, Layer, RelPath, Stat, sys, whiteout};
+use super::{Layer, RelPath, Stat, sys, whiteout};
 
 /// How whiteouts and opaque directories are written into the upper layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -697,140 +699,6 @@ impl Upper {
     /// name (the overlay format, and names too long for `.wh.NAME`).
     fn whiteout_is_char_dev(&self, name: &OsStr) -> bool {
         self.format == WhiteoutFormat::Overlay || !oci_fits(name)
-    }
-
-    /// Copy a lower object into the upper as `dir/name`: built in the work
-    /// dir with its data, owner, mode, xattrs and times, fsynced, then
-    /// renamed into place, so a crash never leaves a partial copy visible.
-    ///
-    /// With `index_key` (a hard-linked lower file) the copy is also linked
-    /// into the index, or, when an earlier name made it already, that copy
-    /// is linked here instead of copying again. With `metacopy` (a regular
-    /// file) no data is copied: see [`Upper::build_copy`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn copy_up(
-        &self,
-        src_layer: &Layer,
-        src: &RelPath,
-        st: &Stat,
-        dir: BorrowedFd<'_>,
-        name: &OsStr,
-        index_key: Option<&RelPath>,
-        metacopy: bool,
-    ) -> io::Result<Stat> {
-        let tmp = self.tmp_name();
-        let work = self.work.as_fd();
-        // A copy-up is not a change the user made: the parent keeps its
-        // times, as with the kernel's overlayfs.
-        let parent = sys::fstat(dir)?;
-        let idx = self.index.layer().root_fd();
-        let indexed = index_key.is_some_and(|k| sys::fstatat_nofollow(idx, k.as_c_str()).is_ok());
-        let build = || -> io::Result<()> {
-            match index_key {
-                Some(key) if indexed => {
-                    link_at(idx, key.as_c_str(), work, &tmp)?;
-                    // One more upper name, the same names in the union.
-                    self.adjust_nlink(key, -1)
-                }
-                Some(key) => {
-                    self.build_copy(src_layer, src, st, &tmp, metacopy)?;
-                    self.set_origin(src_layer, src, Some(key), &tmp);
-                    let shown = i64::try_from(st.nlink).unwrap_or(1);
-                    // Upper count: the index entry and this name.
-                    self.set_nlink_diff(work, &tmp, shown - 2)?;
-                    link_at(work, &tmp, idx, key.as_c_str())?;
-                    self.note_origin(key, st);
-                    Ok(())
-                }
-                None => {
-                    self.build_copy(src_layer, src, st, &tmp, metacopy)?;
-                    self.set_origin(src_layer, src, None, &tmp);
-                    Ok(())
-                }
-            }
-        };
-        let result = build()
-            .and_then(|()| self.mark_impure(dir))
-            .and_then(|()| self.install(&tmp, dir, name, false))
-            .and_then(|()| set_fd_times(dir, parent.atime, parent.mtime));
-        let copied = self.finish(&tmp, result, dir, name)?;
-        if index_key.is_none() {
-            self.index.note_origin(copied.ino, st);
-        }
-        Ok(copied)
-    }
-
-    /// Build the copy of a lower object as `work/tmp`. A `metacopy` copy of
-    /// a regular file is the kernel's metadata-only copy-up (metacopy=on):
-    /// the lower's size as a hole, every xattr, owner, mode and times, and
-    /// an empty `overlay.metacopy` xattr saying the data is still below.
-    fn build_copy(
-        &self,
-        src_layer: &Layer,
-        src: &RelPath,
-        st: &Stat,
-        tmp: &CStr,
-        metacopy: bool,
-    ) -> io::Result<()> {
-        let work = self.work.as_fd();
-        let kind =
-            FileKind::from_mode(st.mode).ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-        let perm = st.mode & 0o7777;
-        match kind {
-            FileKind::Regular if metacopy => {
-                let out = create_excl(work, tmp)?;
-                let len = i64::try_from(st.size)
-                    .map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-                nix::unistd::ftruncate(&out, len)?;
-                set_xattr_at(work, tmp, &self.xattr_name(METACOPY), b"")?;
-            }
-            FileKind::Regular => {
-                let input = src_layer.open_file(src)?;
-                let out = create_excl(work, tmp)?;
-                copy_data(input.as_fd(), out.as_fd(), st.size)?;
-                if self.durable {
-                    // SAFETY: valid fd.
-                    cvt(unsafe { libc::fsync(out.as_raw_fd()) })?;
-                }
-            }
-            // Owners left as they are (u32::MAX): the real ones are set
-            // below, and chown to root is refused to a rootless daemon.
-            FileKind::Dir => make_object(work, tmp, &NewObject::Dir, 0o700, u32::MAX, u32::MAX)?,
-            FileKind::Symlink => {
-                let target = src_layer.readlink(src)?;
-                make_object(
-                    work,
-                    tmp,
-                    &NewObject::Symlink(OsStr::from_bytes(&target)),
-                    0o777,
-                    u32::MAX,
-                    u32::MAX,
-                )?
-            }
-            FileKind::Fifo | FileKind::CharDev | FileKind::BlockDev | FileKind::Socket => {
-                make_object(
-                    work,
-                    tmp,
-                    &NewObject::Node {
-                        mode: st.mode,
-                        rdev: st.rdev,
-                    },
-                    0o600,
-                    u32::MAX,
-                    u32::MAX,
-                )?
-            }
-        }
-        // xattrs first: setting some may need the owner's rights later on.
-        let is_dir = kind == FileKind::Dir;
-        for xname in src_layer.list_xattrs(src, is_dir)? {
-            let value = src_layer.get_xattr(src, is_dir, &xname)?;
-            let key = CString::new(whiteout::stored_xattr_name(xname.as_bytes()))
-                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-            set_xattr_at(work, tmp, &key, &value)?;
-        }
-        set_owner_mode(work, tmp, kind, st.uid, st.gid, perm)?;
-        set_times(work, tmp, st.atime, st.mtime)
     }
 
     /// Set an xattr on an upper object, by the name the mount shows.
