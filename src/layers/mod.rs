@@ -20,7 +20,7 @@ pub use sys::{
     Stat, receive_fd, send_fd, set_window_size, spawn_in_namespaces, take_inherited_fd, window_size,
 };
 pub use upper::{NewObject, Upper, WhiteoutFormat};
-pub use whiteout::{DirMarks, FileKind, FileMarks, RawKind};
+pub use whiteout::{DirMarks, FileKind, FileMarks, RawKind, Redirect};
 
 /// A path inside a layer, relative to its root, without a leading slash.
 /// The layer root itself is `"."`.

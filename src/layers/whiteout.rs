@@ -92,6 +92,30 @@ pub fn redirect(dir: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
     Ok(None)
 }
 
+/// A redirect's value, as the kernel accepts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redirect<'a> {
+    /// `/a/b`: walked from the root of every layer below (given here
+    /// without its leading `/`).
+    FromRoot(&'a [u8]),
+    /// One name: another name in the same directory.
+    Renamed(&'a OsStr),
+}
+
+impl<'a> Redirect<'a> {
+    /// None for what the kernel refuses as a bad redirect: an empty
+    /// component ("//", or "/" alone) in an absolute one; a `/`, or a name
+    /// that is none (".", ".."), in a relative one.
+    pub fn parse(value: &'a [u8]) -> Option<Redirect<'a>> {
+        match value.strip_prefix(b"/") {
+            Some(abs) if abs.split(|&b| b == b'/').any(<[u8]>::is_empty) => None,
+            Some(abs) => Some(Redirect::FromRoot(abs)),
+            None if value.contains(&b'/') || super::RelPath::from_bytes(value).is_none() => None,
+            None => Some(Redirect::Renamed(OsStr::from_bytes(value))),
+        }
+    }
+}
+
 const METACOPY_XATTRS: [&CStr; 2] = [c"trusted.overlay.metacopy", c"user.overlay.metacopy"];
 
 /// What overlayfs records on a regular file of a layer.
@@ -250,6 +274,18 @@ pub fn stored_xattr_name(shown: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirects_as_the_kernel_takes_them() {
+        assert_eq!(Redirect::parse(b"/a/b"), Some(Redirect::FromRoot(b"a/b")));
+        assert_eq!(
+            Redirect::parse(b"x"),
+            Some(Redirect::Renamed(OsStr::new("x")))
+        );
+        for bad in [&b"/"[..], b"//a", b"/a//b", b"/a/", b"a/b", b".", b".."] {
+            assert_eq!(Redirect::parse(bad), None, "{:?}", OsStr::from_bytes(bad));
+        }
+    }
 
     #[test]
     fn overlay_xattrs_are_hidden_or_escaped() {

@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::{Child, LayerIdx, LayerStack, MergedDir, layer_display};
 use crate::error::{Error, Result};
-use crate::layers::{DirLookup, RelPath};
+use crate::layers::{DirLookup, Redirect, RelPath};
 
 /// What the next layers are asked for.
 #[derive(Debug, Clone)]
@@ -176,30 +176,24 @@ impl LayerStack {
                         "bad redirect",
                     )
                 };
-                search.name = if let Some(abs) = target.strip_prefix(b"/") {
-                    // The kernel refuses empty components ("//").
-                    if abs.split(|&b| b == b'/').any(<[u8]>::is_empty) {
-                        return Err(bad());
+                search.name = match Redirect::parse(&target).ok_or_else(bad)? {
+                    Redirect::FromRoot(abs) => {
+                        // An absolute redirect starts the search over from
+                        // the layers' roots, even past an opaque directory
+                        // above.
+                        search.stop = false;
+                        let post = walk.map_or(&b""[..], |w| w.1);
+                        Name::FromRoot(RelPath::from_bytes(&[abs, post].concat()).ok_or_else(bad)?)
                     }
-                    // An absolute redirect starts the search over from the
-                    // layers' roots, even past an opaque directory above.
-                    search.stop = false;
-                    let post = walk.map_or(&b""[..], |w| w.1);
-                    Name::FromRoot(RelPath::from_bytes(&[abs, post].concat()).ok_or_else(bad)?)
-                } else {
-                    if target.contains(&b'/') || RelPath::from_bytes(&target).is_none() {
-                        return Err(bad());
-                    }
-                    match walk {
-                        None => Name::InParent(OsStr::from_bytes(&target).to_os_string()),
+                    Redirect::Renamed(name) => match walk {
+                        None => Name::InParent(name.to_os_string()),
                         Some((before, post)) => {
-                            let renamed =
-                                before.join(OsStr::from_bytes(&target)).map_err(|_| bad())?;
+                            let renamed = before.join(name).map_err(|_| bad())?;
                             let mut bytes = renamed.as_os_str().as_bytes().to_vec();
                             bytes.extend_from_slice(post);
                             Name::FromRoot(RelPath::from_bytes(&bytes).ok_or_else(bad)?)
                         }
-                    }
+                    },
                 };
                 Ok(true)
             }

@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::{LayerIdx, LayerStack, MergedDir, Resolved, layer_display};
 use crate::error::{Error, Result};
-use crate::layers::{FileKind, FileMarks, Probe, RelPath, Stat};
+use crate::layers::{FileKind, FileMarks, Probe, Redirect, RelPath, Stat};
 
 /// What a copy-up is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,19 +229,14 @@ impl LayerStack {
                 "bad redirect",
             )
         };
-        if let Some(abs) = r.strip_prefix(b"/") {
-            if abs.split(|&b| b == b'/').any(<[u8]>::is_empty) {
-                return Err(bad());
+        match Redirect::parse(r).ok_or_else(bad)? {
+            Redirect::FromRoot(abs) => {
+                let path = RelPath::from_bytes(abs).ok_or_else(bad)?;
+                let (dir, file) = path.split();
+                *target = file.to_os_string();
+                *dirs = self.dirs_from_root(&dir, from + 1)?;
             }
-            let path = RelPath::from_bytes(abs).ok_or_else(bad)?;
-            let (dir, file) = path.split();
-            *target = file.to_os_string();
-            *dirs = self.dirs_from_root(&dir, from + 1)?;
-        } else {
-            if r.contains(&b'/') || RelPath::from_bytes(r).is_none() {
-                return Err(bad());
-            }
-            *target = OsStr::from_bytes(r).to_os_string();
+            Redirect::Renamed(name) => *target = name.to_os_string(),
         }
         Ok(())
     }
